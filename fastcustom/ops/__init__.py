@@ -1,0 +1,1 @@
+"""Kernels and their dispatch: the fused custom-op library and the XLA paths."""
