@@ -1,6 +1,7 @@
 """MyMultiLayer: two inputs in, their sum and product out."""
 
 import keras
+import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="fastcustom")
@@ -19,8 +20,12 @@ class MyMultiLayer(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         shape1, shape2 = self._pair(input_shape)
-        shape = keras.ops.broadcast_shapes(tuple(shape1), tuple(shape2))
-        return shape, shape
+        try:
+            shape = tf.broadcast_static_shape(tf.TensorShape(shape1), tf.TensorShape(shape2))
+        except ValueError:
+            raise ValueError(f"MyMultiLayer inputs of shapes {tuple(shape1)} and "
+                             f"{tuple(shape2)} do not broadcast.") from None
+        return tuple(shape.as_list()), tuple(shape.as_list())
 
     @staticmethod
     def _pair(inputs):

@@ -30,18 +30,19 @@ _OP_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 # Inputs
 # ----------------------------------------------------------------------------
 def _same_rank(y_true, y_pred):
-    """Keras's convention: squeeze a trailing 1, else expand the lower rank."""
+    """Keras's convention: when ranks differ by one and the larger ends in 1,
+    expand a rank-1 partner, else squeeze that trailing 1."""
     true_rank, pred_rank = y_true.shape.rank, y_pred.shape.rank
-    if true_rank is None or pred_rank is None or true_rank == pred_rank:
+    if true_rank is None or pred_rank is None or abs(true_rank - pred_rank) != 1:
         return y_true, y_pred
-    if true_rank == pred_rank + 1:
-        if y_true.shape[-1] == 1:
-            return tf.squeeze(y_true, -1), y_pred
-        return y_true, tf.expand_dims(y_pred, -1)
-    if pred_rank == true_rank + 1:
-        if y_pred.shape[-1] == 1:
-            return y_true, tf.squeeze(y_pred, -1)
-        return tf.expand_dims(y_true, -1), y_pred
+    if true_rank > pred_rank and y_true.shape[-1] == 1:
+        if pred_rank == 1:
+            return y_true, tf.expand_dims(y_pred, -1)
+        return tf.squeeze(y_true, -1), y_pred
+    if pred_rank > true_rank and y_pred.shape[-1] == 1:
+        if true_rank == 1:
+            return tf.expand_dims(y_true, -1), y_pred
+        return y_true, tf.squeeze(y_pred, -1)
     return y_true, y_pred
 
 

@@ -1,0 +1,14 @@
+"""Shared test set-up: quiet TensorFlow logs, fresh random data per test."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def rng(request):
+    """A NumPy generator seeded from the test's name: fresh data per test, reproducible runs."""
+    return np.random.default_rng(abs(hash(request.node.nodeid)) % 2**32)

@@ -1,0 +1,102 @@
+"""HuberMetric: streaming parity with the float64 reference, weights, masks, no drift."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fastcustom
+from fastcustom import reference
+
+
+def batches(rng, count, shape=(16, 4)):
+    return [(rng.normal(0, 2, shape).astype("float32"), rng.normal(0, 2, shape).astype("float32"),
+             rng.uniform(0.0, 2.0, shape[0]).astype("float32")) for _ in range(count)]
+
+
+def test_streams_like_reference_with_sample_weights(rng):
+    metric, ref = fastcustom.HuberMetric(threshold=1.5), reference.StreamingHuberMean(1.5)
+    for y_true, y_pred, weight in batches(rng, 5):
+        metric.update_state(y_true, y_pred, sample_weight=weight)
+        ref.update(y_true, y_pred, weight)
+    np.testing.assert_allclose(float(metric.result()), ref.result(), rtol=1e-6)
+    np.testing.assert_allclose(float(metric.count.numpy()), ref.count, rtol=1e-12)
+
+
+def test_per_element_weights_and_unweighted(rng):
+    y_true, y_pred, _ = batches(rng, 1, (8, 3))[0]
+    weight = rng.uniform(0, 1, (8, 3)).astype("float32")
+    for w in (None, weight):
+        metric, ref = fastcustom.HuberMetric(), reference.StreamingHuberMean()
+        metric.update_state(y_true, y_pred, sample_weight=w)
+        ref.update(y_true, y_pred, w)
+        np.testing.assert_allclose(float(metric.result()), ref.result(), rtol=1e-6)
+
+
+def test_agrees_with_keras_mean_over_keras_huber(rng):
+    ours, theirs = fastcustom.HuberMetric(2.0), keras.metrics.Mean()
+    for y_true, y_pred, weight in batches(rng, 3):
+        ours.update_state(y_true, y_pred, sample_weight=weight)
+        theirs.update_state(keras.losses.huber(y_true, y_pred, 2.0), sample_weight=weight)
+    np.testing.assert_allclose(float(ours.result()), float(theirs.result()), rtol=1e-5)
+
+
+def test_mask_zeroes_weights(rng):
+    y_true, y_pred, _ = batches(rng, 1, (2, 5, 3))[0]
+    mask = np.array([[1, 0, 1, 1, 0], [0, 0, 1, 1, 1]], bool)
+    masked = tf.constant(y_pred)
+    masked._keras_mask = tf.constant(mask)
+    metric, ref = fastcustom.HuberMetric(), reference.StreamingHuberMean()
+    metric.update_state(y_true, masked)
+    ref.update(y_true, y_pred, mask.astype("float64"))
+    np.testing.assert_allclose(float(metric.result()), ref.result(), rtol=1e-6)
+
+
+def test_reset_and_empty_result(rng):
+    metric = fastcustom.HuberMetric()
+    assert float(metric.result()) == 0.0
+    y_true, y_pred, _ = batches(rng, 1)[0]
+    metric.update_state(y_true, y_pred)
+    assert float(metric.result()) > 0.0
+    metric.reset_state()
+    assert float(metric.result()) == 0.0 and float(metric.count.numpy()) == 0.0
+
+
+def test_nan_propagates(rng):
+    y_true, y_pred, _ = batches(rng, 1)[0]
+    y_pred[3, 1] = np.nan
+    metric = fastcustom.HuberMetric()
+    metric.update_state(y_true, y_pred)
+    assert np.isnan(float(metric.result()))
+
+
+def test_bad_sample_weight_shape_names_shapes(rng):
+    y_true, y_pred, _ = batches(rng, 1, (4, 3))[0]
+    with pytest.raises(ValueError, match=r"sample_weight shape \(5,\)"):
+        fastcustom.HuberMetric().update_state(y_true, y_pred, sample_weight=np.ones(5))
+
+
+def test_no_drift_after_a_billion_elements(rng):
+    """10^9 streamed elements: float64 state stays within 1e-6; Keras's float32 Mean does not."""
+    y_true = rng.normal(0, 2, (31_250, 32)).astype("float32")
+    y_pred = rng.normal(0, 2, (31_250, 32)).astype("float32")
+    repeats = 10**9 // y_true.size
+    ref = reference.StreamingHuberMean()
+    ref.update(y_true, y_pred)  # every batch is the same, so the exact mean is this one's
+    ours, keras_mean = fastcustom.HuberMetric(), keras.metrics.Mean()
+    per_sample = keras.losses.huber(y_true, y_pred)
+    for _ in range(repeats):
+        ours.update_state(y_true, y_pred)
+        keras_mean.update_state(per_sample)
+    assert float(ours.count.numpy()) == 10**9
+    ours_error = abs(float(ours.result()) - ref.result()) / ref.result()
+    keras_error = abs(float(keras_mean.result()) - ref.result()) / ref.result()
+    assert ours_error < 1e-6
+    assert keras_error > 1e-6, "float32 state was expected to drift here"
+
+
+def test_config_round_trip():
+    metric = fastcustom.HuberMetric(threshold=2.5, name="hm", dtype="float64")
+    restored = keras.metrics.deserialize(keras.metrics.serialize(metric))
+    assert isinstance(restored, fastcustom.HuberMetric)
+    assert (restored.threshold, restored.name, restored.dtype) == (2.5, "hm", "float64")

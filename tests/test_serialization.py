@@ -1,0 +1,85 @@
+"""Save/load round trips: `.keras` without custom_objects, legacy `.h5` with them."""
+
+import keras
+import numpy as np
+
+import fastcustom
+from models_for_tests import everything_model, regression_data
+
+CUSTOM_OBJECTS = {name: getattr(fastcustom, name) for name in fastcustom.__all__}
+
+
+def compiled(model, threshold=2.0):
+    model.compile(optimizer="adam", loss=fastcustom.HuberLoss(threshold),
+                  metrics=[fastcustom.HuberMetric(threshold)])
+    return model
+
+
+def assert_same_model(original, loaded, x, y):
+    np.testing.assert_array_equal(original.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    for a, b in zip(original.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(original.evaluate(x, y, verbose=0), loaded.evaluate(x, y, verbose=0),
+                               rtol=1e-6)
+
+
+def test_keras_format_round_trip_without_custom_objects(tmp_path):
+    x, y = regression_data()
+    model = compiled(everything_model())
+    model.fit(x, y, epochs=1, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)  # safe mode, no custom_objects
+    assert_same_model(model, loaded, x, y)
+    assert loaded.loss.threshold == 2.0
+    for a, b in zip(model.layers, loaded.layers):
+        assert a.get_config() == b.get_config()
+    noise = [layer for layer in loaded.layers if isinstance(layer, fastcustom.AddGaussianNoise)]
+    assert noise[0].stddev == 0.05 and noise[0].seed == 0
+
+
+def test_metric_threshold_survives(tmp_path):
+    x, y = regression_data()
+    model = compiled(everything_model(), threshold=0.3)
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    loaded.evaluate(x, y, verbose=0)
+    compiled_metrics = loaded.metrics[1].metrics
+    assert [type(m) for m in compiled_metrics] == [fastcustom.HuberMetric]
+    assert compiled_metrics[0].threshold == 0.3
+
+
+def test_create_huber_threshold_survives(tmp_path):
+    x, y = regression_data()
+    model = everything_model(noise=0.0)
+    model.compile(optimizer="sgd", loss=fastcustom.create_huber(0.25))
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert loaded.loss.threshold == 0.25
+    np.testing.assert_allclose(loaded.evaluate(x, y, verbose=0), model.evaluate(x, y, verbose=0),
+                               rtol=1e-6)
+
+
+def test_legacy_h5_round_trip(tmp_path):
+    x, y = regression_data()
+    model = compiled(everything_model())
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "model.h5")
+    loaded = keras.models.load_model(tmp_path / "model.h5", custom_objects=CUSTOM_OBJECTS)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    assert loaded.loss.threshold == 2.0
+
+
+def test_reconstructing_regressor_round_trip(tmp_path):
+    x, y = regression_data()
+    model = fastcustom.ReconstructingRegressor(1, reconstruction_weight=0.3)
+    model.compile(optimizer="nadam", loss=fastcustom.HuberLoss(1.5))
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "r.keras")
+    loaded = keras.models.load_model(tmp_path / "r.keras")
+    assert (loaded.output_dim, loaded.reconstruction_weight) == (1, 0.3)
+    assert_same_model(model, loaded, x, y)
+    model(x), loaded(x)
+    np.testing.assert_allclose(float(loaded.losses[-1]), float(model.losses[-1]), rtol=1e-6)
