@@ -1,4 +1,4 @@
-"""`python -m fastcustom info | demo`: which kernel path is active; the README's demo."""
+"""`python -m fastcustom info | demo | profile`: the active path; the README's demo; a profile."""
 
 import argparse
 import json
@@ -11,6 +11,12 @@ def main(argv=None):
     commands.add_parser("info", help="print which Huber path is active and why")
     demo = commands.add_parser("demo", help="train, save and reload the notes' model")
     demo.add_argument("--epochs", type=int, default=5)
+    profile = commands.add_parser("profile", help="profile training steps, summarize the trace")
+    profile.add_argument("--logdir", required=True, help="TensorBoard log folder for the trace")
+    profile.add_argument("--steps", type=int, default=20)
+    profile.add_argument("--batch-size", type=int, default=32)
+    profile.add_argument("--no-jit", action="store_true", help="compile without XLA")
+    profile.add_argument("--top", type=int, default=10, help="rows per summary table")
     args = parser.parse_args(argv)
 
     if args.command == "info":
@@ -23,6 +29,13 @@ def main(argv=None):
     elif args.command == "demo":
         from fastcustom.demo import main as demo_main
         demo_main(epochs=args.epochs)
+    elif args.command == "profile":
+        from fastcustom.profile import missing_packages, run
+        if missing_packages():
+            parser.exit(2, f"profiling needs: pip install {' '.join(missing_packages())} "
+                           "(or pip install 'fastcustom[profile]')\n")
+        run(args.logdir, steps=args.steps, batch_size=args.batch_size,
+            jit_compile=not args.no_jit, top=args.top)
     return 0
 
 

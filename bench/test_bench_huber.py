@@ -1,0 +1,290 @@
+"""Huber benchmarks: loss forward, forward + gradient, metric update; and the read ceiling.
+
+Every implementation computes the same thing on the same fresh random float32
+inputs (y_true, y_pred ~ N(0, 1), so both branches of h are taken):
+forward = the mean Huber loss (a scalar), forward + gradient = that scalar and
+d/dy_pred, metric update = one `update_state` of a streaming Huber mean.
+Work per call, for the roofline: both inputs read (+ the gradient written).
+"""
+
+import functools
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fastcustom
+from fastcustom import reference
+from fastcustom.bench import case_info, ceiling_info
+from fastcustom.bench.cases import SIZES
+from fastcustom.ops.huber import huber_per_sample_tf, huber_weighted_total_tf
+from fastcustom.reference import notes
+
+SHAPES = {"small": (32, 1), "medium": (16384, 16), "large": (500000, 16)}
+THRESHOLD = 1.0
+
+
+@functools.lru_cache(maxsize=None)
+def _arrays(size):
+    rng = np.random.default_rng(20240 + SIZES.index(size))
+    shape = SHAPES[size]
+    return (rng.standard_normal(shape, np.float32), rng.standard_normal(shape, np.float32))
+
+
+class Inputs:
+    """One size's (y_true, y_pred) as NumPy, TF (on the current device), torch or JAX arrays."""
+
+    def __init__(self, size, device):
+        self.size, self.device = size, device
+        self.np_true, self.np_pred = _arrays(size)
+        self.n = self.np_true.size
+
+    def tf(self):
+        return tf.identity(self.np_true), tf.identity(self.np_pred)
+
+    def torch(self):
+        torch, where = self.device.torch()
+        return (torch, torch.from_numpy(self.np_true).to(where),
+                torch.from_numpy(self.np_pred).to(where))
+
+    def jax(self):
+        jax, optax, where = self.device.jax()
+        return jax, optax, jax.device_put(self.np_true, where), jax.device_put(self.np_pred, where)
+
+
+def _mean_huber(y_true, y_pred):
+    return tf.reduce_mean(huber_per_sample_tf(y_true, y_pred, THRESHOLD))
+
+
+def _tape(loss_fn, y_true, y_pred):
+    """(loss, d loss / d y_pred), differentiated eagerly (or traced inside a tf.function)."""
+    with tf.GradientTape() as tape:
+        tape.watch(y_pred)
+        value = loss_fn(y_true, y_pred)
+    return value, tape.gradient(value, y_pred)
+
+
+def _mean_huber_and_grad(y_true, y_pred):
+    return _tape(_mean_huber, y_true, y_pred)
+
+
+# --- forward: the mean loss ---------------------------------------------------
+def _forward_tf(loss_fn):
+    def make(inputs):
+        y_true, y_pred = inputs.tf()
+        return (lambda: loss_fn(y_true, y_pred)), "tf"
+    return make
+
+
+def _forward_fused(inputs):
+    ops = inputs.device.fused_huber_ops()
+    y_true, y_pred = inputs.tf()
+    threshold = tf.constant(THRESHOLD, tf.float64)
+    return (lambda: tf.reduce_mean(ops.huber_per_sample(y_true, y_pred, threshold))), "tf"
+
+
+def _forward_numpy(inputs):
+    inputs.device.require_host()
+    return (lambda: reference.huber(inputs.np_true, inputs.np_pred, THRESHOLD).mean()), "numpy"
+
+
+def _forward_torch(inputs):
+    torch, y_true, y_pred = inputs.torch()
+    loss = torch.nn.functional.huber_loss
+    return (lambda: loss(y_pred, y_true, delta=THRESHOLD)), "torch"
+
+
+def _forward_jax(inputs):
+    jax, optax, y_true, y_pred = inputs.jax()
+    loss = jax.jit(lambda p, t: optax.losses.huber_loss(p, t, delta=THRESHOLD).mean())
+    return (lambda: loss(y_pred, y_true).block_until_ready()), "jax"
+
+
+FORWARD = {
+    "notes (eager)": lambda inputs: _forward_tf(notes.Huberloss(THRESHOLD))(inputs),
+    "keras built-in": lambda inputs: _forward_tf(keras.losses.Huber(THRESHOLD))(inputs),
+    "tf.function": lambda inputs: _forward_tf(tf.function(_mean_huber))(inputs),
+    "tf.function + XLA": lambda inputs: _forward_tf(
+        tf.function(_mean_huber, jit_compile=True))(inputs),
+    "fastcustom": lambda inputs: _forward_tf(fastcustom.HuberLoss(THRESHOLD))(inputs),
+    "fused op": _forward_fused,
+    "numpy float64": _forward_numpy,
+    "torch": _forward_torch,
+    "jax + optax": _forward_jax,
+}
+
+
+# --- forward + gradient w.r.t. y_pred -----------------------------------------
+def _grad_tf_eager(loss_fn):
+    def make(inputs):
+        y_true, y_pred = inputs.tf()
+        return (lambda: _tape(loss_fn, y_true, y_pred)), "tf"
+    return make
+
+
+def _grad_fused(inputs):
+    ops = inputs.device.fused_huber_ops()
+    threshold = tf.constant(THRESHOLD, tf.float64)
+    return _grad_tf_eager(
+        lambda t, p: tf.reduce_mean(ops.huber_per_sample(t, p, threshold)))(inputs)
+
+
+def _grad_numpy(inputs):
+    inputs.device.require_host()
+    y_true, y_pred = inputs.np_true, inputs.np_pred
+    upstream = np.full(y_pred.shape[:-1], 1.0 / y_pred.shape[0])
+
+    def call():
+        return (reference.huber(y_true, y_pred, THRESHOLD).mean(),
+                reference.huber_grad_pred(y_true, y_pred, upstream, THRESHOLD))
+    return call, "numpy"
+
+
+def _grad_torch(inputs):
+    torch, y_true, y_pred = inputs.torch()
+    y_pred = y_pred.clone().requires_grad_(True)
+    loss = torch.nn.functional.huber_loss
+
+    def call():
+        value = loss(y_pred, y_true, delta=THRESHOLD)
+        return value, torch.autograd.grad(value, y_pred)[0]
+    return call, "torch"
+
+
+def _grad_jax(inputs):
+    jax, optax, y_true, y_pred = inputs.jax()
+    step = jax.jit(jax.value_and_grad(
+        lambda p, t: optax.losses.huber_loss(p, t, delta=THRESHOLD).mean()))
+    return (lambda: jax.block_until_ready(step(y_pred, y_true))), "jax"
+
+
+FORWARD_GRADIENT = {
+    "notes (eager)": lambda inputs: _grad_tf_eager(notes.Huberloss(THRESHOLD))(inputs),
+    "keras built-in": lambda inputs: _grad_tf_eager(keras.losses.Huber(THRESHOLD))(inputs),
+    "tf.function": lambda inputs: _forward_tf(tf.function(_mean_huber_and_grad))(inputs),
+    "tf.function + XLA": lambda inputs: _forward_tf(
+        tf.function(_mean_huber_and_grad, jit_compile=True))(inputs),
+    "fastcustom": lambda inputs: _grad_tf_eager(fastcustom.HuberLoss(THRESHOLD))(inputs),
+    "fused op": _grad_fused,
+    "numpy float64": _grad_numpy,
+    "torch": _grad_torch,
+    "jax + optax": _grad_jax,
+}
+
+
+# --- metric update ------------------------------------------------------------
+def _metric_tf(new_metric):
+    def make(inputs):
+        metric = new_metric()
+        y_true, y_pred = inputs.tf()
+        return (lambda: metric.update_state(y_true, y_pred)), "tf"
+    return make
+
+
+def _metric_keras_mean(inputs):
+    metric = keras.metrics.Mean()
+    y_true, y_pred = inputs.tf()
+    return (lambda: metric.update_state(keras.losses.huber(y_true, y_pred, THRESHOLD))), "tf"
+
+
+def _metric_compiled(jit_compile):
+    def make(inputs):
+        total, count = tf.Variable(0.0, dtype=tf.float64), tf.Variable(0.0, dtype=tf.float64)
+
+        @tf.function(jit_compile=jit_compile)
+        def update(y_true, y_pred):
+            batch_total, batch_count = huber_weighted_total_tf(y_true, y_pred, THRESHOLD, None)
+            total.assign_add(batch_total)
+            count.assign_add(batch_count)
+
+        y_true, y_pred = inputs.tf()
+        return (lambda: update(y_true, y_pred)), "tf"
+    return make
+
+
+def _metric_fused(inputs):
+    ops = inputs.device.fused_huber_ops()
+    total, count = tf.Variable(0.0, dtype=tf.float64), tf.Variable(0.0, dtype=tf.float64)
+    y_true, y_pred = inputs.tf()
+    threshold, no_weights = tf.constant(THRESHOLD, tf.float64), tf.zeros([0], y_pred.dtype)
+
+    def call():
+        batch_total, batch_count = ops.huber_weighted_total(y_true, y_pred, threshold, no_weights)
+        total.assign_add(batch_total)
+        count.assign_add(batch_count)
+    return call, "tf"
+
+
+def _metric_numpy(inputs):
+    inputs.device.require_host()
+    metric = reference.StreamingHuberMean(THRESHOLD)
+    return (lambda: metric.update(inputs.np_true, inputs.np_pred)), "numpy"
+
+
+METRIC_UPDATE = {
+    "notes (eager)": _metric_tf(lambda: notes.HuberMetric(THRESHOLD)),
+    "notes Mean-based (eager)": _metric_tf(lambda: notes.HuberMeanMetric(THRESHOLD)),
+    "keras built-in": _metric_keras_mean,
+    "tf.function": _metric_compiled(jit_compile=False),
+    "tf.function + XLA": _metric_compiled(jit_compile=True),
+    "fastcustom": _metric_tf(lambda: fastcustom.HuberMetric(THRESHOLD)),
+    "fused op": _metric_fused,
+    "numpy float64": _metric_numpy,
+}
+
+
+def _case(kernel, size, implementation, device, arrays_moved):
+    inputs = Inputs(size, device)
+    info = case_info(kernel, size, str(list(SHAPES[size])), implementation, device.name,
+                     work=arrays_moved * inputs.np_true.nbytes, unit="B", elements=inputs.n)
+    return inputs, info
+
+
+@pytest.mark.parametrize("implementation", list(FORWARD))
+@pytest.mark.parametrize("size", SIZES)
+def test_huber_forward(measure, device, size, implementation):
+    inputs, info = _case("Huber forward", size, implementation, device, arrays_moved=2)
+    measure(lambda: FORWARD[implementation](inputs), info)
+
+
+@pytest.mark.parametrize("implementation", list(FORWARD_GRADIENT))
+@pytest.mark.parametrize("size", SIZES)
+def test_huber_forward_gradient(measure, device, size, implementation):
+    inputs, info = _case("Huber forward + gradient", size, implementation, device,
+                         arrays_moved=3)
+    measure(lambda: FORWARD_GRADIENT[implementation](inputs), info)
+
+
+@pytest.mark.parametrize("implementation", list(METRIC_UPDATE))
+@pytest.mark.parametrize("size", SIZES)
+def test_huber_metric_update(measure, device, size, implementation):
+    inputs, info = _case("HuberMetric update", size, implementation, device, arrays_moved=2)
+    measure(lambda: METRIC_UPDATE[implementation](inputs), info)
+
+
+# --- ceiling: how fast this machine reads both large inputs --------------------
+def _read_numpy(inputs):
+    inputs.device.require_host()
+    return (lambda: inputs.np_true.sum() + inputs.np_pred.sum()), "numpy"
+
+
+@tf.function
+def _sum_both(a, b):
+    return tf.reduce_sum(a) + tf.reduce_sum(b)
+
+
+def _read_tf(inputs):
+    y_true, y_pred = inputs.tf()
+    return (lambda: _sum_both(y_true, y_pred)), "tf"
+
+
+READS = {"numpy sum": _read_numpy, "tf.reduce_sum (tf.function)": _read_tf}
+
+
+@pytest.mark.parametrize("implementation", list(READS))
+def test_read_bandwidth(measure, device, implementation):
+    inputs = Inputs("large", device)
+    info = ceiling_info("B", implementation, device.name, work=2 * inputs.np_true.nbytes,
+                        shape=str(list(SHAPES["large"])))
+    measure(lambda: READS[implementation](inputs), info)

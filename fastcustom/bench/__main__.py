@@ -1,0 +1,46 @@
+"""`python -m fastcustom.bench report RESULT.json [--out DIR]`: the Markdown table and the plot."""
+
+import argparse
+import pathlib
+import sys
+
+from fastcustom.bench import results as results_module
+from fastcustom.bench.table import markdown
+
+
+def report(result_json, out_dir=None):
+    """Print the Markdown report; write report.md and throughput.png into `out_dir`."""
+    results = results_module.load(result_json)
+    text = markdown(results)
+    print(text, end="")
+    out = pathlib.Path(out_dir) if out_dir else pathlib.Path(result_json).parent
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(text, encoding="utf-8")
+    try:
+        from fastcustom.bench.plot import draw
+        draw(results, out / "throughput.png")
+    except ModuleNotFoundError as error:
+        if not (error.name or "").startswith("matplotlib"):
+            raise
+        print("\nmatplotlib is not installed: no plot drawn (pip install 'fastcustom[bench]').",
+              file=sys.stderr)
+        return out / "report.md", None
+    print(f"\nWrote {out / 'report.md'} and {out / 'throughput.png'}", file=sys.stderr)
+    return out / "report.md", out / "throughput.png"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fastcustom.bench")
+    commands = parser.add_subparsers(dest="command", required=True)
+    cmd = commands.add_parser("report", help="table and plot from a --benchmark-json file")
+    cmd.add_argument("result_json", help="the JSON written by pytest --benchmark-json")
+    cmd.add_argument("--out", help="folder for report.md and throughput.png "
+                                   "(default: the JSON's folder)")
+    args = parser.parse_args(argv)
+    if args.command == "report":
+        report(args.result_json, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
