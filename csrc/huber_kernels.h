@@ -1,0 +1,74 @@
+// Input checks and the row layout of the Huber kernels (device-neutral; the CPU
+// kernels use them).
+//
+// y_true and y_pred have one shape [..., D] (rank >= 1), seen as N rows x D
+// with 64-bit indexing; delta is a float64 scalar; the upstream gradient of
+// HuberPerSample has shape [...]; HuberWeightedTotal's 1-D weights have
+// N*D entries (one per element), N (one per row) or none (every weight 1).
+#ifndef FASTCUSTOM_HUBER_KERNELS_H_
+#define FASTCUSTOM_HUBER_KERNELS_H_
+
+#include <cstdint>
+
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/platform/errors.h"
+
+namespace fastcustom {
+
+struct RowLayout {
+  int64_t rows = 0;                   // N: the product of all but the last dimension
+  int64_t depth = 0;                  // D: the last dimension
+  tensorflow::TensorShape row_shape;  // y_pred.shape[:-1]
+};
+
+inline absl::Status GetRowLayout(const tensorflow::Tensor& y_true,
+                                 const tensorflow::Tensor& y_pred,
+                                 const tensorflow::Tensor& delta, RowLayout* layout) {
+  if (y_true.shape() != y_pred.shape() || y_pred.dims() < 1) {
+    return tensorflow::errors::InvalidArgument(
+        "y_true and y_pred must have the same shape of rank >= 1, got y_true shape ",
+        y_true.shape().DebugString(), " and y_pred shape ", y_pred.shape().DebugString());
+  }
+  if (delta.dims() != 0) {
+    return tensorflow::errors::InvalidArgument("delta must be a scalar, got shape ",
+                                               delta.shape().DebugString());
+  }
+  layout->depth = y_pred.dim_size(y_pred.dims() - 1);
+  layout->row_shape = y_pred.shape();
+  layout->row_shape.RemoveLastDims(1);
+  layout->rows = layout->row_shape.num_elements();
+  return absl::OkStatus();
+}
+
+inline absl::Status CheckUpstream(const tensorflow::Tensor& grad, const RowLayout& layout) {
+  if (grad.shape() != layout.row_shape) {
+    return tensorflow::errors::InvalidArgument(
+        "grad must have shape y_pred.shape[:-1] = ", layout.row_shape.DebugString(),
+        ", got ", grad.shape().DebugString());
+  }
+  return absl::OkStatus();
+}
+
+enum class WeightMode { kNone, kPerRow, kPerElement };
+
+inline absl::Status GetWeightMode(const tensorflow::Tensor& weights, const RowLayout& layout,
+                                  WeightMode* mode) {
+  const int64_t size = weights.NumElements();
+  if (weights.dims() == 1 && size == layout.rows * layout.depth) {
+    *mode = WeightMode::kPerElement;
+  } else if (weights.dims() == 1 && size == layout.rows) {
+    *mode = WeightMode::kPerRow;
+  } else if (weights.dims() == 1 && size == 0) {
+    *mode = WeightMode::kNone;
+  } else {
+    return tensorflow::errors::InvalidArgument(
+        "weights must be 1-D with 0, N = ", layout.rows, " or N*D = ",
+        layout.rows * layout.depth, " entries, got shape ", weights.shape().DebugString());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace fastcustom
+
+#endif  // FASTCUSTOM_HUBER_KERNELS_H_

@@ -1,0 +1,556 @@
+// CPU kernels of the fused Huber ops, on TensorFlow's intra-op thread pool.
+//
+//   e = y_true - y_pred,  h = 0.5 e^2 if |e| <= delta else delta |e| - 0.5 delta^2
+//   loss[r] = (1/D) sum_j h[r, j]
+//   grad_pred[r, j] = grad[r] / D * clamp(y_pred - y_true, -delta, delta)[r, j]
+//   total = sum w h,  count = sum w   (float64)
+//
+// One summation order, whatever the thread count. A chunk of n <= kChunk
+// consecutive elements is summed in Acc (float; double for double inputs) by
+// W = min(kLanes, bit_ceil(n)) lanes -- lane l adds elements l, l + kLanes, ...
+// in turn -- whose values are then added pairwise in halves (lane i += lane
+// i + w for w = W/2, ..., 1). A row of D <= kChunk elements is one chunk (rows
+// of D <= kLanes are reduced many at a time by vector shuffles, in that same
+// order); longer rows, and the flat totals, add their chunk sums in double in
+// increasing order. The parallel blocks depend only on the shape; each writes
+// its own outputs or partial sums, and partial sums are added in block order
+// by one thread.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#include "huber_kernels.h"
+#include "huber_math.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/platform/threadpool.h"
+
+namespace fastcustom {
+namespace {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+
+constexpr int64_t kChunk = 4096;         // elements summed in Acc before going to double
+constexpr int64_t kBlock = 16 * kChunk;  // elements in one unit of parallel work
+constexpr int64_t kCyclesPerElement = 2;  // the thread pool's cost model: when to split
+
+template <typename T>
+using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+template <typename A>
+constexpr int kLanes = 64 / sizeof(A);  // one 512-bit vector
+
+template <typename T>
+double ToDouble(T x) {
+  return static_cast<double>(static_cast<Acc<T>>(x));
+}
+
+// ----------------------------------------------------------------------------
+// Element types: the n values at `src` as A (`src` itself when T is A), and back.
+// ----------------------------------------------------------------------------
+template <typename A, typename T>
+const A* Widen(const T* src, int64_t n, A* buf) {
+  if constexpr (std::is_same_v<A, T>) {
+    return src;
+  } else {
+    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<A>(src[i]);
+    return buf;
+  }
+}
+
+template <typename T, typename A>
+void Narrow(const A* src, int64_t n, T* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
+}
+
+#if defined(__F16C__)
+// vcvtph2ps / vcvtps2ph: the conversions Eigen::half makes one at a time.
+template <>
+const float* Widen<float, Eigen::half>(const Eigen::half* src, int64_t n, float* buf) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    _mm256_storeu_ps(buf + i, _mm256_cvtph_ps(h));
+  }
+  for (; i < n; ++i) buf[i] = static_cast<float>(src[i]);
+  return buf;
+}
+
+template <>
+void Narrow<Eigen::half, float>(const float* src, int64_t n, Eigen::half* dst) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), h);
+  }
+  for (; i < n; ++i) dst[i] = static_cast<Eigen::half>(src[i]);
+}
+#endif
+
+// Room for kChunk widened elements of each input; none when T is Acc<T>.
+template <typename T, bool kSame = std::is_same_v<T, Acc<T>>>
+struct Tile {
+  alignas(64) Acc<T> y_true[kChunk];
+  alignas(64) Acc<T> y_pred[kChunk];
+  alignas(64) Acc<T> other[kChunk];  // weights or results
+};
+
+template <typename T>
+struct Tile<T, true> {
+  T* y_true = nullptr;
+  T* y_pred = nullptr;
+  T* other = nullptr;
+};
+
+// ----------------------------------------------------------------------------
+// Sums over one chunk (n <= kChunk), in the order described at the top.
+// ----------------------------------------------------------------------------
+int64_t BitCeil(int64_t n) {
+  int64_t p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+// The lanes summing a chunk of n elements: kLanes, or bit_ceil(n) for short chunks.
+template <typename A>
+int LaneCount(int64_t n) {
+  return static_cast<int>(std::min<int64_t>(kLanes<A>, BitCeil(n)));
+}
+
+// lane[0] + ... + lane[width - 1] (width a power of two), added pairwise in halves.
+template <typename A>
+A HalvingSum(A* lane, int width) {
+  for (int half = width / 2; half > 0; half /= 2) {
+    for (int l = 0; l < half; ++l) lane[l] += lane[l + half];
+  }
+  return lane[0];
+}
+
+template <typename A>
+A ChunkSum(const A* t, const A* p, int64_t n, A delta) {
+  constexpr int kL = kLanes<A>;
+  A lane[kL] = {};
+  int64_t j = 0;
+  for (; j + kL <= n; j += kL) {
+    for (int l = 0; l < kL; ++l) lane[l] += HuberValue(t[j + l], p[j + l], delta);
+  }
+  for (int l = 0; j + l < n; ++l) lane[l] += HuberValue(t[j + l], p[j + l], delta);
+  return HalvingSum(lane, LaneCount<A>(n));
+}
+
+// (sum w h, sum w) over one chunk.
+template <typename A>
+std::pair<A, A> WeightedChunkSum(const A* t, const A* p, const A* w, int64_t n, A delta) {
+  constexpr int kL = kLanes<A>;
+  A total[kL] = {};
+  A count[kL] = {};
+  int64_t j = 0;
+  for (; j + kL <= n; j += kL) {
+    for (int l = 0; l < kL; ++l) {
+      total[l] += w[j + l] * HuberValue(t[j + l], p[j + l], delta);
+      count[l] += w[j + l];
+    }
+  }
+  for (int l = 0; j + l < n; ++l) {
+    total[l] += w[j + l] * HuberValue(t[j + l], p[j + l], delta);
+    count[l] += w[j + l];
+  }
+  const int width = LaneCount<A>(n);
+  return {HalvingSum(total, width), HalvingSum(count, width)};
+}
+
+// ----------------------------------------------------------------------------
+// Rows of D <= kLanes elements: the same halving sums, kLanes vectors at a time.
+// Each row is padded with zeros to P = bit_ceil(D) lanes; one step adds the
+// low and high halves of every P-lane segment of two vectors, so after
+// log2(P) steps each lane holds the sum of one row, rows in order.
+// ----------------------------------------------------------------------------
+typedef float FloatVec __attribute__((vector_size(64)));
+typedef double DoubleVec __attribute__((vector_size(64)));
+template <typename A>
+using Vec = std::conditional_t<std::is_same_v<A, double>, DoubleVec, FloatVec>;
+
+// Source lane (of a: 0..kL-1, of b: kL..2kL-1) of output lane k for segments of kS lanes.
+template <int kL, int kS, bool kHigh>
+constexpr int HalfLane(int k) {
+  const int from_b = k >= kL / 2 ? kL : 0;
+  const int q = k % (kL / 2);
+  return from_b + (q / (kS / 2)) * kS + q % (kS / 2) + (kHigh ? kS / 2 : 0);
+}
+
+template <int kS, bool kHigh, typename V, int... k>
+inline V Halves(V a, V b, std::integer_sequence<int, k...>) {
+  return __builtin_shufflevector(a, b, HalfLane<sizeof...(k), kS, kHigh>(k)...);
+}
+
+// v[0..count) hold rows of kS lanes; halve until every lane is one row's sum.
+template <typename A, int kS>
+inline void HalveRows(Vec<A>* v, int count) {
+  if constexpr (kS > 1) {
+    constexpr auto lanes = std::make_integer_sequence<int, kLanes<A>>();
+    for (int j = 0; j < count / 2; ++j) {
+      v[j] = Halves<kS, false>(v[2 * j], v[2 * j + 1], lanes) +
+             Halves<kS, true>(v[2 * j], v[2 * j + 1], lanes);
+    }
+    HalveRows<A, kS / 2>(v, count / 2);
+  }
+}
+
+// h of n rows of depth <= kP, each padded with zeros to kP values.
+template <typename A, int kP>
+inline void PaddedRowValues(const A* t, const A* p, int64_t n, int64_t depth, A delta, A* h) {
+  if (depth == kP) {
+    for (int64_t i = 0; i < n * kP; ++i) h[i] = HuberValue(t[i], p[i], delta);
+    return;
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    for (int j = 0; j < kP; ++j) {
+      const int64_t i = r * depth + j;
+      h[r * kP + j] = j < depth ? HuberValue(t[i], p[i], delta) : A(0);
+    }
+  }
+}
+
+// sums[r] = sum_j h[r, j] for `rows` rows of depth <= kLanes; kP = bit_ceil(depth).
+template <typename A, int kP>
+void SmallRowSums(const A* t, const A* p, int64_t rows, int64_t depth, A delta, A* sums) {
+  constexpr int kL = kLanes<A>;
+  constexpr int64_t kBatchRows = kL * kL / kP;  // kL vectors of rows
+  alignas(64) A h[kL * kL];
+  for (int64_t r = 0; r < rows; r += kBatchRows) {
+    const int64_t n = std::min(kBatchRows, rows - r);
+    PaddedRowValues<A, kP>(t + r * depth, p + r * depth, n, depth, delta, h);
+    if (n == kBatchRows) {
+      Vec<A> v[kL];
+      std::memcpy(v, h, sizeof(v));
+      HalveRows<A, kP>(v, kL);
+      std::memcpy(sums + r, v, kBatchRows * sizeof(A));
+    } else {
+      for (int64_t i = 0; i < n; ++i) sums[r + i] = HalvingSum(h + i * kP, kP);
+    }
+  }
+}
+
+template <typename A>
+void SmallRowSums(const A* t, const A* p, int64_t rows, int64_t depth, A delta, A* sums) {
+  switch (BitCeil(depth)) {
+    case 1: return SmallRowSums<A, 1>(t, p, rows, depth, delta, sums);
+    case 2: return SmallRowSums<A, 2>(t, p, rows, depth, delta, sums);
+    case 4: return SmallRowSums<A, 4>(t, p, rows, depth, delta, sums);
+    case 8: return SmallRowSums<A, 8>(t, p, rows, depth, delta, sums);
+    default:
+      if constexpr (kLanes<A> == 16) return SmallRowSums<A, 16>(t, p, rows, depth, delta, sums);
+  }
+}
+
+// ----------------------------------------------------------------------------
+// Parallel blocks
+// ----------------------------------------------------------------------------
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Runs block_fn(b) for every b in [0, blocks), each about `elements` elements.
+template <typename Fn>
+void ForEachBlock(OpKernelContext* ctx, int64_t blocks, int64_t elements, const Fn& block_fn) {
+  using Params = ::tensorflow::thread::ThreadPool::SchedulingParams;
+  ctx->device()->tensorflow_cpu_worker_threads()->workers->ParallelFor(
+      blocks, Params::Adaptive(std::max<int64_t>(1, elements) * kCyclesPerElement),
+      [&block_fn](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) block_fn(b);
+      });
+}
+
+// Calls rows_fn(r, n, sums): sums[i] = sum_j h[r + i, j], for consecutive runs of
+// the rows in [r0, r1), in order; 0 < D <= kChunk.
+template <typename T, typename RowsFn>
+void ShortRowSums(const T* t, const T* p, int64_t r0, int64_t r1, int64_t depth,
+                  Acc<T> delta, const RowsFn& rows_fn) {
+  using A = Acc<T>;
+  Tile<T> tile;
+  alignas(64) A sums[kChunk];
+  const bool small = depth <= kLanes<A>;
+  const int64_t tile_rows = kChunk / (small ? BitCeil(depth) : depth);
+  for (int64_t r = r0; r < r1; r += tile_rows) {
+    const int64_t rows = std::min(tile_rows, r1 - r);
+    const A* tt = Widen(t + r * depth, rows * depth, tile.y_true);
+    const A* pp = Widen(p + r * depth, rows * depth, tile.y_pred);
+    if (small) {
+      SmallRowSums(tt, pp, rows, depth, delta, sums);
+    } else {
+      for (int64_t i = 0; i < rows; ++i) {
+        sums[i] = ChunkSum(tt + i * depth, pp + i * depth, depth, delta);
+      }
+    }
+    rows_fn(r, rows, sums);
+  }
+}
+
+// sum_j h[r, j] for every row, D > kChunk: chunk sums in parallel, then rows in order.
+template <typename T>
+std::vector<double> LongRowSums(OpKernelContext* ctx, const T* t, const T* p, int64_t rows,
+                                int64_t depth, Acc<T> delta) {
+  const int64_t chunks_per_row = CeilDiv(depth, kChunk);
+  const int64_t chunks = rows * chunks_per_row;
+  const int64_t chunks_per_block = kBlock / kChunk;
+  std::vector<double> chunk_sums(chunks);
+  ForEachBlock(ctx, CeilDiv(chunks, chunks_per_block), kBlock, [&](int64_t b) {
+    Tile<T> tile;
+    const int64_t end = std::min(chunks, (b + 1) * chunks_per_block);
+    for (int64_t c = b * chunks_per_block; c < end; ++c) {
+      const int64_t row = c / chunks_per_row;
+      const int64_t j = (c % chunks_per_row) * kChunk;
+      const int64_t n = std::min(kChunk, depth - j);
+      const int64_t offset = row * depth + j;
+      chunk_sums[c] = static_cast<double>(ChunkSum(Widen(t + offset, n, tile.y_true),
+                                                   Widen(p + offset, n, tile.y_pred), n, delta));
+    }
+  });
+  std::vector<double> row_sums(rows, 0.0);
+  for (int64_t c = 0; c < chunks; ++c) row_sums[c / chunks_per_row] += chunk_sums[c];
+  return row_sums;
+}
+
+// res[i] = grad[row] / D * HuberGradPred(t[i], p[i]) for the n elements from flat
+// index e0. kD > 0 when D is that small power of two: chunks then hold whole rows,
+// and each row is one fixed-length loop.
+template <int kD, typename T>
+void GradChunk(const Acc<T>* t, const Acc<T>* p, const T* g, int64_t e0, int64_t n,
+               int64_t depth, Acc<T> delta, Acc<T>* res) {
+  using A = Acc<T>;
+  const double d = static_cast<double>(depth);
+  if constexpr (kD > 0) {
+    A scale[kChunk / kD];
+    const int64_t rows = n / kD;
+    for (int64_t r = 0; r < rows; ++r) scale[r] = static_cast<A>(ToDouble(g[e0 / kD + r]) / d);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int j = 0; j < kD; ++j) {
+        res[r * kD + j] = scale[r] * HuberGradPred(t[r * kD + j], p[r * kD + j], delta);
+      }
+    }
+  } else {
+    int64_t row = e0 / depth;
+    for (int64_t i = 0, end; i < n; i = end, ++row) {  // one row segment at a time
+      end = std::min(n, (row + 1) * depth - e0);
+      const auto scale = static_cast<A>(ToDouble(g[row]) / d);
+      for (int64_t j = i; j < end; ++j) res[j] = scale * HuberGradPred(t[j], p[j], delta);
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------
+// The kernels
+// ----------------------------------------------------------------------------
+template <typename T>
+class HuberPerSampleOp : public OpKernel {
+ public:
+  explicit HuberPerSampleOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& y_true = ctx->input(0);
+    const Tensor& y_pred = ctx->input(1);
+    RowLayout layout;
+    OP_REQUIRES_OK(ctx, GetRowLayout(y_true, y_pred, ctx->input(2), &layout));
+    Tensor* loss = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, layout.row_shape, &loss));
+    const int64_t rows = layout.rows, depth = layout.depth;
+    T* out = loss->flat<T>().data();
+    if (depth == 0) {  // a mean over nothing: 0/0
+      std::fill(out, out + rows, static_cast<T>(std::numeric_limits<float>::quiet_NaN()));
+      return;
+    }
+    const T* t = y_true.flat<T>().data();
+    const T* p = y_pred.flat<T>().data();
+    const auto delta = static_cast<Acc<T>>(ctx->input(2).scalar<double>()());
+    const double d = static_cast<double>(depth);
+    if (depth > kChunk) {
+      const std::vector<double> sums = LongRowSums(ctx, t, p, rows, depth, delta);
+      for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<T>(sums[r] / d);
+      return;
+    }
+    const int64_t rows_per_block = std::max<int64_t>(1, kBlock / depth);
+    ForEachBlock(ctx, CeilDiv(rows, rows_per_block), rows_per_block * depth, [&](int64_t b) {
+      const int64_t r0 = b * rows_per_block, r1 = std::min(rows, r0 + rows_per_block);
+      ShortRowSums(t, p, r0, r1, depth, delta, [out, d](int64_t r, int64_t n, const auto* sums) {
+        for (int64_t i = 0; i < n; ++i) out[r + i] = static_cast<T>(static_cast<double>(sums[i]) / d);
+      });
+    });
+  }
+};
+
+template <typename T>
+class HuberPerSampleGradOp : public OpKernel {
+ public:
+  explicit HuberPerSampleGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& y_true = ctx->input(0);
+    const Tensor& y_pred = ctx->input(1);
+    const Tensor& grad = ctx->input(3);
+    RowLayout layout;
+    OP_REQUIRES_OK(ctx, GetRowLayout(y_true, y_pred, ctx->input(2), &layout));
+    OP_REQUIRES_OK(ctx, CheckUpstream(grad, layout));
+    Tensor* grad_pred = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, y_pred.shape(), &grad_pred));
+    const int64_t depth = layout.depth, size = layout.rows * depth;
+    if (size == 0) return;
+    const T* t = y_true.flat<T>().data();
+    const T* p = y_pred.flat<T>().data();
+    const T* g = grad.flat<T>().data();
+    T* out = grad_pred->flat<T>().data();
+    const auto delta = static_cast<Acc<T>>(ctx->input(2).scalar<double>()());
+    ForEachBlock(ctx, CeilDiv(size, kBlock), kBlock, [&](int64_t b) {
+      Tile<T> tile;
+      const int64_t block_end = std::min(size, (b + 1) * kBlock);
+      for (int64_t e0 = b * kBlock; e0 < block_end; e0 += kChunk) {
+        const int64_t n = std::min(kChunk, block_end - e0);
+        const Acc<T>* tt = Widen(t + e0, n, tile.y_true);
+        const Acc<T>* pp = Widen(p + e0, n, tile.y_pred);
+        Acc<T>* res = tile.other;
+        if constexpr (std::is_same_v<T, Acc<T>>) res = out + e0;
+        switch (depth) {
+          case 1: GradChunk<1>(tt, pp, g, e0, n, depth, delta, res); break;
+          case 2: GradChunk<2>(tt, pp, g, e0, n, depth, delta, res); break;
+          case 4: GradChunk<4>(tt, pp, g, e0, n, depth, delta, res); break;
+          case 8: GradChunk<8>(tt, pp, g, e0, n, depth, delta, res); break;
+          case 16: GradChunk<16>(tt, pp, g, e0, n, depth, delta, res); break;
+          default: GradChunk<0>(tt, pp, g, e0, n, depth, delta, res);
+        }
+        if constexpr (!std::is_same_v<T, Acc<T>>) Narrow(res, n, out + e0);
+      }
+    });
+  }
+};
+
+// Partial sums (total, count) of parallel blocks, added in block order.
+using Partials = std::vector<std::pair<double, double>>;
+
+std::pair<double, double> SumInOrder(const Partials& partials) {
+  double total = 0.0, count = 0.0;
+  for (const auto& [block_total, block_count] : partials) {
+    total += block_total;
+    count += block_count;
+  }
+  return {total, count};
+}
+
+// Unweighted (w == nullptr: count = size) or per-element totals over the flat inputs.
+template <typename T>
+std::pair<double, double> FlatTotals(OpKernelContext* ctx, const T* t, const T* p, const T* w,
+                                     int64_t size, Acc<T> delta) {
+  Partials partials(CeilDiv(size, kBlock));
+  ForEachBlock(ctx, partials.size(), kBlock, [&](int64_t b) {
+    Tile<T> tile;
+    double block_total = 0.0, block_count = 0.0;
+    const int64_t block_end = std::min(size, (b + 1) * kBlock);
+    for (int64_t e0 = b * kBlock; e0 < block_end; e0 += kChunk) {
+      const int64_t n = std::min(kChunk, block_end - e0);
+      const Acc<T>* tt = Widen(t + e0, n, tile.y_true);
+      const Acc<T>* pp = Widen(p + e0, n, tile.y_pred);
+      if (w == nullptr) {
+        block_total += static_cast<double>(ChunkSum(tt, pp, n, delta));
+      } else {
+        const auto [chunk_total, chunk_count] =
+            WeightedChunkSum(tt, pp, Widen(w + e0, n, tile.other), n, delta);
+        block_total += static_cast<double>(chunk_total);
+        block_count += static_cast<double>(chunk_count);
+      }
+    }
+    partials[b] = {block_total, block_count};
+  });
+  const auto [total, count] = SumInOrder(partials);
+  return {total, w == nullptr ? static_cast<double>(size) : count};
+}
+
+// Totals with one weight per row: sum_r w[r] sum_j h[r, j], D * sum_r w[r].
+template <typename T>
+std::pair<double, double> PerRowTotals(OpKernelContext* ctx, const T* t, const T* p, const T* w,
+                                       int64_t rows, int64_t depth, Acc<T> delta) {
+  if (depth == 0) return {0.0, 0.0};
+  double total = 0.0, count = 0.0;
+  if (depth > kChunk) {
+    const std::vector<double> sums = LongRowSums(ctx, t, p, rows, depth, delta);
+    for (int64_t r = 0; r < rows; ++r) {
+      total += ToDouble(w[r]) * sums[r];
+      count += ToDouble(w[r]);
+    }
+  } else {
+    const int64_t rows_per_block = std::max<int64_t>(1, kBlock / depth);
+    Partials partials(CeilDiv(rows, rows_per_block));
+    ForEachBlock(ctx, partials.size(), rows_per_block * depth, [&](int64_t b) {
+      const int64_t r0 = b * rows_per_block, r1 = std::min(rows, r0 + rows_per_block);
+      double block_total = 0.0, block_count = 0.0;
+      ShortRowSums(t, p, r0, r1, depth, delta, [&](int64_t r, int64_t n, const auto* sums) {
+        for (int64_t i = 0; i < n; ++i) {
+          block_total += ToDouble(w[r + i]) * static_cast<double>(sums[i]);
+          block_count += ToDouble(w[r + i]);
+        }
+      });
+      partials[b] = {block_total, block_count};
+    });
+    std::tie(total, count) = SumInOrder(partials);
+  }
+  return {total, count * static_cast<double>(depth)};
+}
+
+template <typename T>
+class HuberWeightedTotalOp : public OpKernel {
+ public:
+  explicit HuberWeightedTotalOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& y_true = ctx->input(0);
+    const Tensor& y_pred = ctx->input(1);
+    const Tensor& weights = ctx->input(3);
+    RowLayout layout;
+    WeightMode mode = WeightMode::kNone;
+    OP_REQUIRES_OK(ctx, GetRowLayout(y_true, y_pred, ctx->input(2), &layout));
+    OP_REQUIRES_OK(ctx, GetWeightMode(weights, layout, &mode));
+    const T* t = y_true.flat<T>().data();
+    const T* p = y_pred.flat<T>().data();
+    const T* w = weights.flat<T>().data();
+    const auto delta = static_cast<Acc<T>>(ctx->input(2).scalar<double>()());
+    const auto [total, count] =
+        mode == WeightMode::kPerRow
+            ? PerRowTotals(ctx, t, p, w, layout.rows, layout.depth, delta)
+            : FlatTotals(ctx, t, p, mode == WeightMode::kPerElement ? w : nullptr,
+                         layout.rows * layout.depth, delta);
+    Tensor* total_out = nullptr;
+    Tensor* count_out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {}, &total_out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, {}, &count_out));
+    total_out->scalar<double>()() = total;
+    count_out->scalar<double>()() = count;
+  }
+};
+
+#define FASTCUSTOM_REGISTER_CPU(T)                                                         \
+  REGISTER_KERNEL_BUILDER(                                                                 \
+      Name("FastCustom>HuberPerSample").Device(DEVICE_CPU).TypeConstraint<T>("T"),         \
+      HuberPerSampleOp<T>);                                                                \
+  REGISTER_KERNEL_BUILDER(                                                                 \
+      Name("FastCustom>HuberPerSampleGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),     \
+      HuberPerSampleGradOp<T>);                                                            \
+  REGISTER_KERNEL_BUILDER(                                                                 \
+      Name("FastCustom>HuberWeightedTotal").Device(DEVICE_CPU).TypeConstraint<T>("T"),     \
+      HuberWeightedTotalOp<T>);
+
+FASTCUSTOM_REGISTER_CPU(Eigen::half);
+FASTCUSTOM_REGISTER_CPU(Eigen::bfloat16);
+FASTCUSTOM_REGISTER_CPU(float);
+FASTCUSTOM_REGISTER_CPU(double);
+
+#undef FASTCUSTOM_REGISTER_CPU
+
+}  // namespace
+}  // namespace fastcustom

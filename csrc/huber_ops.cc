@@ -1,0 +1,88 @@
+// Registration (signatures and shape functions) of the fused Huber ops; the
+// kernels live in huber_kernels_cpu.cc and huber_kernels_gpu.cu.cc.
+//
+// y_true, y_pred: [..., D], seen as N rows x D;  e = y_true - y_pred;
+//   h(e) = 0.5 e^2 if |e| <= delta, else delta |e| - 0.5 delta^2.
+//
+//   HuberPerSample:      loss[r]         = (1/D) sum_j h(e[r, j])         shape [...]
+//   HuberPerSampleGrad:  grad_pred[r, j] = grad[r] / D * clamp(-e[r, j], -delta, delta)
+//   HuberWeightedTotal:  total = sum w h, count = sum w (float64 scalars), where
+//                        weights has N*D entries (per element), N (per row, counting
+//                        once per element of its row) or 0 (every w = 1).
+#include "tensorflow/core/framework/common_shape_fns.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace fastcustom {
+namespace {
+
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+
+// y_true and y_pred merged into one shape of rank >= 1; delta a scalar.
+absl::Status PairShape(InferenceContext* c, ShapeHandle* pair) {
+  ShapeHandle unused;
+  TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(1), 1, pair));
+  TF_RETURN_IF_ERROR(c->Merge(c->input(0), *pair, pair));
+  return c->WithRank(c->input(2), 0, &unused);
+}
+
+absl::Status PerSampleShape(InferenceContext* c) {
+  ShapeHandle pair, rows;
+  TF_RETURN_IF_ERROR(PairShape(c, &pair));
+  TF_RETURN_IF_ERROR(c->Subshape(pair, 0, -1, &rows));
+  c->set_output(0, rows);
+  return absl::OkStatus();
+}
+
+absl::Status PerSampleGradShape(InferenceContext* c) {
+  ShapeHandle pair, rows, unused;
+  TF_RETURN_IF_ERROR(PairShape(c, &pair));
+  TF_RETURN_IF_ERROR(c->Subshape(pair, 0, -1, &rows));
+  TF_RETURN_IF_ERROR(c->Merge(c->input(3), rows, &unused));
+  c->set_output(0, pair);
+  return absl::OkStatus();
+}
+
+absl::Status WeightedTotalShape(InferenceContext* c) {
+  ShapeHandle pair, unused;
+  TF_RETURN_IF_ERROR(PairShape(c, &pair));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &unused));
+  c->set_output(0, c->Scalar());
+  c->set_output(1, c->Scalar());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+REGISTER_OP("FastCustom>HuberPerSample")
+    .Input("y_true: T")
+    .Input("y_pred: T")
+    .Input("delta: double")
+    .Output("loss: T")
+    .Attr("T: {half, bfloat16, float, double}")
+    .SetShapeFn(PerSampleShape)
+    .Doc("Per-sample Huber loss: the mean of h(y_true - y_pred) over the last axis.");
+
+REGISTER_OP("FastCustom>HuberPerSampleGrad")
+    .Input("y_true: T")
+    .Input("y_pred: T")
+    .Input("delta: double")
+    .Input("grad: T")
+    .Output("grad_pred: T")
+    .Attr("T: {half, bfloat16, float, double}")
+    .SetShapeFn(PerSampleGradShape)
+    .Doc("d/dy_pred of sum(grad * HuberPerSample(y_true, y_pred, delta)).");
+
+REGISTER_OP("FastCustom>HuberWeightedTotal")
+    .Input("y_true: T")
+    .Input("y_pred: T")
+    .Input("delta: double")
+    .Input("weights: T")
+    .Output("total: double")
+    .Output("count: double")
+    .Attr("T: {half, bfloat16, float, double}")
+    .SetShapeFn(WeightedTotalShape)
+    .Doc("(sum of w * h(y_true - y_pred), sum of w) over every element, in float64.");
+
+}  // namespace fastcustom

@@ -1,0 +1,427 @@
+"""The fused Huber ops (csrc/) against the NumPy float64 reference, and their loader.
+
+    h(e) = e^2/2 if |e| <= delta else delta |e| - delta^2/2,  e = y_true - y_pred
+    HuberPerSample = mean_j h;  HuberPerSampleGrad = grad / D * clip(y_pred - y_true, +-delta);
+    HuberWeightedTotal = (sum w h, sum w).
+
+Values, gradients, shapes that break kernels, NaN/inf, weights, the same bits with
+1 and 2 threads, model.fit against the XLA path, and the loader's fallbacks. Tests
+of the ops themselves skip when the library is not built; the loader's do not.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import types
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fastcustom
+from fastcustom import reference
+from fastcustom.ops import huber, library
+
+# The reference warns about means over nothing and NaN arithmetic, as NumPy does.
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:fastcustom.reference")
+
+OPS = library.huber_ops()
+needs_ops = pytest.mark.skipif(
+    OPS is None, reason=f"fused Huber ops unavailable: {library.status()['reason']}")
+
+DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
+# Relative tolerances against the float64 reference computed on the same (rounded)
+# inputs. The kernels accumulate in float32 (float64 for float64), so a value
+# returned in `dtype` is off by its final rounding -- 2^-11 for float16, 2^-8 for
+# bfloat16 -- plus float32 rounding (~1e-7 per element, ~1e-6 over a long sum).
+ELEMENT_RTOL = {tf.float16: 2e-3, tf.bfloat16: 1e-2, tf.float32: 1e-6, tf.float64: 1e-13}
+MEAN_RTOL = {tf.float16: 2e-3, tf.bfloat16: 1e-2, tf.float32: 1e-5, tf.float64: 1e-12}
+# Totals come back in float64: only the float32 accumulation remains.
+TOTAL_RTOL = {tf.float16: 1e-5, tf.bfloat16: 1e-5, tf.float32: 1e-5, tf.float64: 1e-12}
+# float16 gradients of long rows are subnormal (grad / D < 2^-14): absolute error <= 2^-25.
+ELEMENT_ATOL = {tf.float16: 2.0**-24, tf.bfloat16: 0.0, tf.float32: 0.0, tf.float64: 0.0}
+
+SHAPES = [(1, 1), (0, 4), (4, 0), (7,), (5, 1), (33, 3), (300, 16), (41, 8), (9, 17),
+          (2, 3, 8), (2, 2, 3, 5), (2, 1_000_003)]
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastcustom.__file__)))
+
+
+@pytest.fixture
+def rng(request):
+    """Fresh random data per test, the same on every run."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def f64(x):
+    return tf.cast(x, tf.float64).numpy()
+
+
+def make_pair(rng, shape, dtype):
+    """y_true, y_pred in `dtype`, spread over both Huber branches."""
+    return (tf.cast(rng.standard_normal(shape) * 2.0, dtype),
+            tf.cast(rng.standard_normal(shape) * 2.0, dtype))
+
+
+def delta_of(value):
+    return tf.constant(value, tf.float64)
+
+
+def reference_totals(y_true, y_pred, threshold, weights=None):
+    metric = reference.StreamingHuberMean(threshold)
+    metric.update(y_true, y_pred, weights)
+    return metric.total, metric.count
+
+
+def dtype_id(dtype):
+    return dtype.name
+
+
+# ----------------------------------------------------------------------------
+# Values
+# ----------------------------------------------------------------------------
+@needs_ops
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_per_sample_matches_reference(rng, shape, dtype):
+    y_true, y_pred = make_pair(rng, shape, dtype)
+    loss = OPS.huber_per_sample(y_true, y_pred, delta_of(1.5))
+    assert loss.dtype == dtype and loss.shape == shape[:-1]
+    expected = reference.huber(f64(y_true), f64(y_pred), 1.5)
+    np.testing.assert_allclose(f64(loss), expected, rtol=MEAN_RTOL[dtype])
+
+
+@needs_ops
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_gradient_matches_reference(rng, shape, dtype):
+    y_true, y_pred = make_pair(rng, shape, dtype)
+    upstream = tf.cast(rng.standard_normal(shape[:-1]), dtype)
+    grad = OPS.huber_per_sample_grad(y_true, y_pred, delta_of(0.5), upstream)
+    assert grad.dtype == dtype and grad.shape == shape
+    expected = reference.huber_grad_pred(f64(y_true), f64(y_pred), f64(upstream), 0.5)
+    np.testing.assert_allclose(f64(grad), expected, rtol=ELEMENT_RTOL[dtype],
+                               atol=ELEMENT_ATOL[dtype])
+
+
+@needs_ops
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("weighting", ["none", "per-row", "per-element"])
+@pytest.mark.parametrize("shape", [(6, 5), (0, 3), (4, 0), (1, 1), (5, 1), (513, 16),
+                                   (70, 4099), (2, 1_000_003)], ids=str)
+def test_weighted_total_matches_reference(rng, shape, weighting, dtype):
+    y_true, y_pred = make_pair(rng, shape, dtype)
+    weight_shape = {"none": None, "per-row": shape[:-1], "per-element": shape}[weighting]
+    weights = None
+    flat = tf.zeros([0], dtype)
+    if weight_shape is not None:
+        weights = tf.cast(rng.uniform(0.0, 2.0, weight_shape) * (rng.random(weight_shape) > 0.2),
+                          dtype)
+        flat = tf.reshape(weights, [-1])
+    total, count = OPS.huber_weighted_total(y_true, y_pred, delta_of(1.0), flat)
+    assert total.dtype == count.dtype == tf.float64
+    expected_total, expected_count = reference_totals(
+        f64(y_true), f64(y_pred), 1.0, None if weights is None else f64(weights))
+    np.testing.assert_allclose(total.numpy(), expected_total, rtol=TOTAL_RTOL[dtype])
+    np.testing.assert_allclose(count.numpy(), expected_count, rtol=TOTAL_RTOL[dtype])
+
+
+@needs_ops
+@pytest.mark.parametrize("delta", [0.3, 1.0, 2.5])
+def test_thresholds(rng, delta):
+    y_true, y_pred = make_pair(rng, (64, 16), tf.float32)
+    loss = OPS.huber_per_sample(y_true, y_pred, delta_of(delta))
+    np.testing.assert_allclose(loss.numpy(), reference.huber(f64(y_true), f64(y_pred), delta),
+                               rtol=1e-5)
+
+
+@needs_ops
+def test_sliced_inputs(rng):
+    base_true = rng.standard_normal((40, 37)).astype(np.float32) * 2
+    base_pred = rng.standard_normal((40, 37)).astype(np.float32) * 2
+    slices = [np.s_[:, ::2], np.s_[1:-1, 3:], np.s_[::3, 5:30:4]]
+    for index in slices:
+        for y_true, y_pred in [(base_true[index], base_pred[index]),  # NumPy views
+                               (tf.constant(base_true)[index], tf.constant(base_pred)[index])]:
+            t64, p64 = f64(y_true), f64(y_pred)
+            np.testing.assert_allclose(OPS.huber_per_sample(y_true, y_pred, delta_of(1.0)).numpy(),
+                                       reference.huber(t64, p64), rtol=1e-5)
+            upstream = np.ones(t64.shape[:-1], np.float32)
+            np.testing.assert_allclose(
+                OPS.huber_per_sample_grad(y_true, y_pred, delta_of(1.0), upstream).numpy(),
+                reference.huber_grad_pred(t64, p64, upstream), rtol=1e-6)
+    transposed = (tf.transpose(base_true), tf.transpose(base_pred))
+    np.testing.assert_allclose(OPS.huber_per_sample(*transposed, delta_of(1.0)).numpy(),
+                               reference.huber(base_true.T, base_pred.T), rtol=1e-5)
+
+
+@needs_ops
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("depth", [3, 16, 17, 5000])
+def test_nan_and_inf_propagate_like_reference(rng, depth, dtype):
+    y_true, y_pred = (f64(x) for x in make_pair(rng, (37, depth), dtype))
+    for row, (true_value, pred_value) in enumerate(
+            [(np.nan, 0.0), (np.inf, 0.0), (-np.inf, 1.0), (np.inf, np.inf), (0.0, -np.inf)]):
+        y_true[row * 7, row % depth], y_pred[row * 7, row % depth] = true_value, pred_value
+    t, p = tf.cast(y_true, dtype), tf.cast(y_pred, dtype)
+    upstream = np.ones(37)
+    np.testing.assert_allclose(f64(OPS.huber_per_sample(t, p, delta_of(1.0))),
+                               reference.huber(y_true, y_pred), rtol=MEAN_RTOL[dtype])
+    np.testing.assert_allclose(
+        f64(OPS.huber_per_sample_grad(t, p, delta_of(1.0), tf.cast(upstream, dtype))),
+        reference.huber_grad_pred(y_true, y_pred, upstream), rtol=ELEMENT_RTOL[dtype],
+        atol=ELEMENT_ATOL[dtype])
+    total, count = OPS.huber_weighted_total(t, p, delta_of(1.0), tf.zeros([0], dtype))
+    assert np.isnan(total.numpy()) and np.isnan(reference_totals(y_true, y_pred, 1.0)[0])
+    assert count.numpy() == 37 * depth
+
+
+@needs_ops
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64], ids=dtype_id)
+@pytest.mark.parametrize("depth", [3, 8, 16, 17])
+def test_a_row_gives_the_same_bits_wherever_it_sits(rng, depth, dtype):
+    """Rows are reduced in vector batches and one at a time: both in one order."""
+    rows = tf.cast(rng.standard_normal((5, depth)) * 2, dtype)
+    y_true = tf.tile(rows, [1003, 1])
+    y_pred = tf.tile(rows[::-1] * 0.5, [1003, 1])
+    loss = OPS.huber_per_sample(y_true, y_pred, delta_of(1.0)).numpy().reshape(1003, 5)
+    np.testing.assert_array_equal(loss, np.broadcast_to(loss[0], loss.shape))
+
+
+@needs_ops
+def test_bad_inputs_raise():
+    delta = delta_of(1.0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[2,3\].*\[2,4\]"):
+        OPS.huber_per_sample(tf.zeros([2, 3]), tf.zeros([2, 4]), delta)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="rank >= 1"):
+        OPS.huber_per_sample(tf.constant(1.0), tf.constant(2.0), delta)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="scalar"):
+        OPS.huber_per_sample(tf.zeros([2, 3]), tf.zeros([2, 3]), tf.ones([2], tf.float64))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="weights"):
+        OPS.huber_weighted_total(tf.zeros([2, 3]), tf.zeros([2, 3]), delta, tf.ones([5]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="grad"):
+        OPS.huber_per_sample_grad(tf.zeros([2, 3]), tf.zeros([2, 3]), delta, tf.ones([3]))
+
+
+@needs_ops
+def test_shape_functions():
+    delta = delta_of(1.0)
+    spec = tf.TensorSpec([None, 5, 16], tf.float32)
+
+    @tf.function(input_signature=[spec, spec])
+    def shapes(y_true, y_pred):
+        loss = OPS.huber_per_sample(y_true, y_pred, delta)
+        grad = OPS.huber_per_sample_grad(y_true, y_pred, delta, loss)
+        total, count = OPS.huber_weighted_total(y_true, y_pred, delta, tf.zeros([0]))
+        return loss, grad, total, count
+
+    loss, grad, total, count = shapes.get_concrete_function().structured_outputs
+    assert loss.shape.as_list() == [None, 5] and grad.shape.as_list() == [None, 5, 16]
+    assert total.shape.rank == count.shape.rank == 0
+    with pytest.raises(ValueError, match="must be equal"):
+        tf.function(lambda: OPS.huber_per_sample(tf.zeros([2, 3]), tf.zeros([2, 4]), delta)
+                    ).get_concrete_function()
+
+
+# ----------------------------------------------------------------------------
+# Gradients
+# ----------------------------------------------------------------------------
+@needs_ops
+def test_tape_gradient_is_the_fused_gradient(rng):
+    y_true = tf.Variable(rng.standard_normal((12, 6)) * 2, dtype=tf.float32)
+    y_pred = tf.Variable(rng.standard_normal((12, 6)) * 2, dtype=tf.float32)
+    upstream = rng.standard_normal(12)
+    with tf.GradientTape() as tape:
+        loss = huber.huber_per_sample(y_true, y_pred, 0.7)
+        weighted = tf.reduce_sum(loss * upstream.astype(np.float32))
+    grad_true, grad_pred = tape.gradient(weighted, [y_true, y_pred])
+    expected = reference.huber_grad_pred(y_true.numpy(), y_pred.numpy(), upstream, 0.7)
+    np.testing.assert_allclose(grad_pred.numpy(), expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(grad_true.numpy(), -grad_pred.numpy())
+
+    @tf.function
+    def gradient(y_true, y_pred):
+        with tf.GradientTape() as tape:
+            tape.watch(y_pred)
+            loss = huber.huber_per_sample(y_true, y_pred, 0.7)
+        return tape.gradient(loss, y_pred)
+
+    graph = gradient.get_concrete_function(y_true.read_value(), y_pred.read_value()).graph
+    assert "FastCustom>HuberPerSampleGrad" in {op.type for op in graph.get_operations()}
+
+
+@needs_ops
+def test_gradient_of_y_true_only_when_requested(rng):
+    from fastcustom.ops import huber_gradients
+
+    y_true, y_pred = make_pair(rng, (4, 3), tf.float32)
+    op = types.SimpleNamespace(inputs=[y_true, y_pred, delta_of(1.0)], skip_input_indices=(0,))
+    grad_true, grad_pred, grad_delta = huber_gradients._huber_per_sample_grad(op, tf.ones([4]))
+    assert grad_true is None and grad_delta is None
+    op.skip_input_indices = None
+    grad_true, grad_pred, grad_delta = huber_gradients._huber_per_sample_grad(op, tf.ones([4]))
+    np.testing.assert_array_equal(grad_true.numpy(), -grad_pred.numpy())
+    assert grad_delta is None
+
+
+@needs_ops
+def test_gradient_agrees_with_finite_differences(rng):
+    y_true = rng.standard_normal((3, 5)) * 2
+    y_pred = y_true + rng.choice([-1, 1], (3, 5)) * rng.uniform(0.05, 3.0, (3, 5))
+    # Keep the finite differences away from the kink at |e| = delta.
+    y_pred = np.where(np.abs(np.abs(y_pred - y_true) - 1.0) < 0.01, y_true + 0.5, y_pred)
+    delta = delta_of(1.0)
+    for wrt in ("y_true", "y_pred"):
+        def loss(x):
+            return OPS.huber_per_sample(*((x, y_pred) if wrt == "y_true" else (y_true, x)), delta)
+
+        theoretical, numerical = tf.test.compute_gradient(
+            loss, [y_true if wrt == "y_true" else y_pred], delta=1e-6)
+        np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-7)
+
+
+# ----------------------------------------------------------------------------
+# Runs in fresh interpreters: thread counts, and the XLA path
+# ----------------------------------------------------------------------------
+HASH_SCRIPT = textwrap.dedent("""
+    import hashlib, json, sys
+    import numpy as np, tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+    from fastcustom.ops import library
+    ops, delta = library.huber_ops(), tf.constant(1.0, tf.float64)
+    rng = np.random.default_rng(11)
+    data = rng.standard_normal((3, 4_200_000)) * 2
+    digests = {"threads": tf.config.threading.get_intra_op_parallelism_threads()}
+    # Each shape spans dozens of blocks: short rows, rows of a chunk, long rows.
+    for shape in [(262147, 16), (16411, 255), (4, 1000003)]:
+        size = int(np.prod(shape))
+        for dtype in ["float16", "bfloat16", "float32", "float64"]:
+            t, p = (tf.cast(data[i, :size].reshape(shape), dtype) for i in (0, 1))
+            rows = tf.cast(data[2, :shape[0]], dtype)
+            elements = tf.cast(tf.reshape(tf.abs(t), [-1]), dtype)
+            outputs = [ops.huber_per_sample(t, p, delta), ops.huber_per_sample_grad(t, p, delta, rows)]
+            for weights in [tf.zeros([0], dtype), rows, elements]:
+                outputs += ops.huber_weighted_total(t, p, delta, weights)
+            digest = hashlib.sha256(b"".join(o.numpy().tobytes() for o in outputs))
+            digests[f"{shape}{dtype}"] = digest.hexdigest()
+    print(json.dumps(digests))
+""")
+
+FIT_SCRIPT = textwrap.dedent("""
+    import json
+    import keras, numpy as np
+    from fastcustom.ops import huber, library
+
+    def loss(y_true, y_pred):
+        return huber.huber_per_sample(y_true, y_pred, 1.0)
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((256, 8)).astype("float32")
+    y = (x @ rng.standard_normal((8, 3)) * 2).astype("float32")
+    result = {"path": library.status()["path"]}
+    for jit in (False, True):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(3)])
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss=loss, jit_compile=jit)
+        history = model.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0)
+        result[f"jit={jit}"] = history.history["loss"]
+    print(json.dumps(result))
+""")
+
+
+def run_scripts(*runs):
+    """Runs (script, args, extra_env) in fresh interpreters at once; their last JSON lines."""
+    processes = []
+    for script, args, extra_env in runs:
+        env = {k: v for k, v in os.environ.items() if k != "FASTCUSTOM_DISABLE_OPS"}
+        env.update(TF_CPP_MIN_LOG_LEVEL="3", **extra_env,
+                   PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")])))
+        processes.append(subprocess.Popen([sys.executable, "-c", script, *args], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-4000:]
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    return results
+
+
+@needs_ops
+def test_same_bits_with_one_and_two_threads():
+    one, two = run_scripts((HASH_SCRIPT, ["1"], {}), (HASH_SCRIPT, ["2"], {}))
+    assert (one.pop("threads"), two.pop("threads")) == (1, 2)
+    assert one == two
+
+
+@needs_ops
+def test_model_fit_matches_the_xla_path():
+    fused, xla = run_scripts((FIT_SCRIPT, [], {}), (FIT_SCRIPT, [], {"FASTCUSTOM_DISABLE_OPS": "1"}))
+    assert (fused.pop("path"), xla.pop("path")) == ("fused-op", "xla")
+    for key in ("jit=False", "jit=True"):
+        np.testing.assert_allclose(fused[key], xla[key], rtol=1e-5)
+        assert np.all(np.diff(fused[key]) < 0)  # it trains
+
+
+# ----------------------------------------------------------------------------
+# The loader
+# ----------------------------------------------------------------------------
+@pytest.fixture
+def fresh_loader(monkeypatch):
+    """The loader as if nothing was loaded yet; the real state comes back afterwards."""
+    monkeypatch.setattr(library, "_loaded", None)
+    monkeypatch.delenv("FASTCUSTOM_DISABLE_OPS", raising=False)
+    monkeypatch.delenv("FASTCUSTOM_OPS_LIBRARY", raising=False)
+    return monkeypatch
+
+
+def test_disable_ops_forces_the_xla_path(fresh_loader, rng):
+    fresh_loader.setenv("FASTCUSTOM_DISABLE_OPS", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert library.huber_ops() is None
+        status = library.status()
+    assert status["path"] == "xla" == huber.active_path() and status["library"] is None
+    assert "FASTCUSTOM_DISABLE_OPS" in status["reason"]
+    y_true, y_pred = make_pair(rng, (8, 5), tf.float32)
+    np.testing.assert_allclose(huber.huber_per_sample(y_true, y_pred).numpy(),
+                               reference.huber(f64(y_true), f64(y_pred)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("content", [None, b"not an ELF file"], ids=["missing", "bogus"])
+def test_unloadable_library_warns_once_and_falls_back(fresh_loader, tmp_path, content):
+    path = tmp_path / "_huber_ops.so"
+    if content is not None:
+        path.write_bytes(content)
+    fresh_loader.setenv("FASTCUSTOM_OPS_LIBRARY", str(path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert library.huber_ops() is None
+        assert library.huber_ops() is None
+        status = library.status()
+    assert [str(w.message).count(str(path)) > 0 for w in caught] == [True]
+    assert status["path"] == "xla" and status["library"] is None and status["dtypes"] == []
+    assert ("not built" if content is None else "failed to load") in status["reason"]
+
+
+@needs_ops
+def test_first_load_inside_a_traced_function(fresh_loader):
+    @tf.function
+    def traced():
+        assert library.huber_ops() is not None
+        return huber.huber_per_sample(tf.ones([2, 3]), tf.zeros([2, 3]))
+
+    np.testing.assert_allclose(traced().numpy(), [0.5, 0.5])
+    assert library.status()["path"] == "fused-op"
+
+
+@needs_ops
+def test_status_of_the_loaded_library():
+    status = library.status()
+    assert status["path"] == "fused-op" == huber.active_path()
+    assert os.path.samefile(status["library"], library.library_path())
+    assert status["dtypes"] == ["bfloat16", "float16", "float32", "float64"]
+    assert isinstance(status["gpu"], bool)  # GPU kernels compiled in
