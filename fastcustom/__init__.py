@@ -15,12 +15,13 @@ from fastcustom.metrics import HuberMetric
 from fastcustom.models import ReconstructingRegressor
 from fastcustom.ops.library import status as path_info
 from fastcustom.regularizers import L1Regularizer
+from fastcustom.training import fit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AddGaussianNoise", "Exponential", "GlorotNormalInitializer", "HuberFunction",
     "HuberLoss", "HuberMetric", "L1Regularizer", "MyDense", "MyMultiLayer",
-    "PositiveWeights", "ReconstructingRegressor", "create_huber", "huber", "path_info",
+    "PositiveWeights", "ReconstructingRegressor", "create_huber", "fit", "huber", "path_info",
     "softplus",
 ]

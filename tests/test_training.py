@@ -1,0 +1,256 @@
+"""fastcustom.fit: parity with the eager reference loop and model.fit, XLA fallback, bad input."""
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fastcustom
+from fastcustom.reference.training_loop import train_eagerly
+from models_for_tests import regression_data
+
+HERE = os.path.dirname(__file__)
+WEIGHTS = dict(rtol=1e-5, atol=1e-6)
+
+
+def small_model(seed=0):
+    """8 -> 16 selu -> 1, the same initial weights for the same seed."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((8,)),
+                             keras.layers.Dense(16, "selu", kernel_initializer="lecun_normal"),
+                             keras.layers.Dense(1)])
+
+
+def twin(model, x):
+    """A second model of the same class with the same weights."""
+    copy = model.__class__.from_config(model.get_config())
+    copy(x[:1])
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def assert_same_weights(a, b):
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_allclose(wa, wb, **WEIGHTS)
+
+
+@pytest.mark.parametrize("case", ["sequential-sgd-shuffled", "reconstructing-nadam"])
+def test_matches_the_eager_reference_loop(case):
+    # 100 samples in batches of 16: six full steps and a step of 4, per epoch
+    x, y = regression_data(n=100)
+    if case == "sequential-sgd-shuffled":
+        model, optimizer, shuffle = small_model(), lambda: keras.optimizers.SGD(0.05), True
+    else:  # its add_loss term counts in the loss, the gradients and the logs
+        model = fastcustom.ReconstructingRegressor(1, reconstruction_weight=0.5)
+        model(x[:1])
+        optimizer, shuffle = lambda: keras.optimizers.Nadam(0.01), False
+    reference = twin(model, x)
+    history = fastcustom.fit(model, x, y, loss=fastcustom.HuberLoss(), optimizer=optimizer(),
+                             metrics=[fastcustom.HuberMetric()], batch_size=16, epochs=2,
+                             shuffle=shuffle, seed=7, verbose=0)
+    expected = train_eagerly(reference, x, y, loss_fn=fastcustom.HuberLoss(),
+                             optimizer=optimizer(), metrics=[fastcustom.HuberMetric()],
+                             batch_size=16, epochs=2, shuffle=shuffle, seed=7)
+    assert expected["steps"] == 14
+    assert history.params["compiled_with"] == "xla"
+    assert_same_weights(model, reference)
+    for name in ("loss", "huber_metric"):
+        np.testing.assert_allclose(history.history[name], expected[name], rtol=1e-5)
+    if case == "reconstructing-nadam":
+        assert history.history["loss"][-1] > history.history["huber_metric"][-1]
+
+
+@pytest.fixture(scope="module")
+def keras_and_ours():
+    """model.fit and fastcustom.fit from the same weights, in the same order, with validation."""
+    x, y = regression_data(n=200)
+    x_val, y_val = regression_data(n=50, seed=1)
+    theirs = small_model()
+    ours, chunked = twin(theirs, x), twin(theirs, x)
+    metrics = lambda: ["mae", fastcustom.HuberMetric()]  # noqa: E731
+    theirs.compile(optimizer=keras.optimizers.Nadam(0.01), loss=fastcustom.HuberLoss(),
+                   metrics=metrics())
+    kwargs = dict(batch_size=32, epochs=2, validation_data=(x_val, y_val), shuffle=False)
+    expected = theirs.fit(x, y, verbose=0, **kwargs).history
+    got = fastcustom.fit(ours, x, y, loss=fastcustom.HuberLoss(),
+                         optimizer=keras.optimizers.Nadam(0.01), metrics=metrics(),
+                         verbose=0, **kwargs)
+    got_chunked = fastcustom.fit(chunked, x, y, loss=fastcustom.HuberLoss(),
+                                 optimizer=keras.optimizers.Nadam(0.01), metrics=metrics(),
+                                 verbose=0, steps_per_call=3, jit_compile=False, **kwargs)
+    return {"keras": (theirs, expected), "ours": (ours, got), "chunked": (chunked, got_chunked)}
+
+
+def test_history_has_model_fits_keys_and_values(keras_and_ours):
+    theirs, expected = keras_and_ours["keras"]
+    ours, got = keras_and_ours["ours"]
+    assert sorted(got.history) == sorted(expected) == sorted(
+        ["loss", "mae", "huber_metric", "val_loss", "val_mae", "val_huber_metric"])
+    for name, values in expected.items():  # the epoch mean weights the step of 8 by 8
+        np.testing.assert_allclose(got.history[name], values, rtol=1e-5, err_msg=name)
+    assert_same_weights(ours, theirs)
+    assert got.params["steps"] == 7 and got.params["epochs"] == 2
+
+
+def test_steps_per_call_and_plain_graph_train_the_same(keras_and_ours):
+    ours, got = keras_and_ours["ours"]
+    chunked, got_chunked = keras_and_ours["chunked"]
+    assert got_chunked.params["compiled_with"] == "graph"
+    for name, values in got.history.items():
+        np.testing.assert_allclose(got_chunked.history[name], values, rtol=1e-5, err_msg=name)
+    assert_same_weights(chunked, ours)
+
+
+def test_a_second_call_reuses_the_compiled_loop():
+    x, y = regression_data(n=64)
+    model, loss, optimizer = small_model(), fastcustom.HuberLoss(), keras.optimizers.SGD(0.1)
+    first = fastcustom.fit(model, x, y, loss=loss, optimizer=optimizer, verbose=0)
+    loop = model._fastcustom_training_loop[1]
+    second = fastcustom.fit(model, x, y, loss=loss, optimizer=optimizer, verbose=0)
+    assert model._fastcustom_training_loop[1] is loop
+    assert second.history["loss"][0] < first.history["loss"][0]
+    assert int(optimizer.iterations) == 4
+
+
+class StringRoundTrip(keras.layers.Layer):
+    """Identity, through string ops that XLA cannot compile."""
+
+    def call(self, inputs):
+        text = tf.strings.as_string(inputs)
+        return inputs + 0.0 * tf.strings.to_number(text)
+
+
+def test_falls_back_to_a_graph_when_xla_cannot_compile():
+    x, y = regression_data(n=64)
+    model = keras.Sequential([keras.Input((8,)), StringRoundTrip(), keras.layers.Dense(1)])
+    with pytest.warns(RuntimeWarning, match="XLA could not compile"):
+        history = fastcustom.fit(model, x, y, loss="mse", optimizer="sgd", epochs=3, verbose=0)
+    assert history.params["compiled_with"] == "graph"
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        fastcustom.fit(model, x, y, loss="mse", optimizer="sgd", jit_compile=True, verbose=0)
+
+
+def test_layers_see_training_true():
+    # lr 0: the weights stay, so the only difference between the training loss
+    # and the validation loss on the same data is the noise added while training
+    x, y = regression_data(n=64)
+    model = keras.Sequential([keras.Input((8,)), fastcustom.AddGaussianNoise(3.0, seed=1),
+                              keras.layers.Dense(1)])
+    history = fastcustom.fit(model, x, y, loss="mse", optimizer=keras.optimizers.SGD(0.0),
+                             validation_data=(x, y), verbose=0).history
+    assert history["loss"][0] > 3 * history["val_loss"][0]
+
+
+def test_builds_an_unbuilt_model_and_takes_names(capsys):
+    x, y = regression_data(n=40)
+    model = keras.Sequential([keras.layers.Dense(4, activation="selu"), keras.layers.Dense(1)])
+    history = fastcustom.fit(model, x, y, loss="mse", optimizer="nadam", metrics=["mae"],
+                             batch_size=16, epochs=2, verbose=1)
+    assert model.built and sorted(history.history) == ["loss", "mae"]
+    printed = capsys.readouterr().out
+    assert "Epoch 2/2" in printed and "mae:" in printed
+    fastcustom.fit(model, x, y, loss="mse", optimizer="sgd", verbose=0)
+    assert capsys.readouterr().out == ""
+
+
+def test_a_batch_larger_than_the_data_is_one_step():
+    x, y = regression_data(n=40)
+    optimizer = keras.optimizers.SGD(0.1)
+    history = fastcustom.fit(small_model(), x, y, loss="mse", optimizer=optimizer,
+                             batch_size=100, epochs=3, verbose=0)
+    assert history.params["steps"] == 1 and int(optimizer.iterations) == 3
+    assert history.params["compiled_with"] == "xla"
+
+
+def test_shuffling_depends_on_the_seed_only():
+    x, y = regression_data(n=64)
+    runs = []
+    for seed in (3, 3, 4):
+        model = small_model()
+        fastcustom.fit(model, x, y, loss="mse", optimizer=keras.optimizers.SGD(0.1),
+                       batch_size=8, seed=seed, verbose=0, jit_compile=False)
+        runs.append(model.get_weights()[0])
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.allclose(runs[0], runs[2])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(y=np.zeros((9, 1))), "different numbers of samples"),
+    (dict(x=np.zeros((0, 8)), y=np.zeros((0, 1))), "empty"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(batch_size=-3), "batch_size"),
+    (dict(batch_size=2.5), "batch_size"),
+    (dict(epochs=-1), "epochs"),
+    (dict(steps_per_call=0), "steps_per_call"),
+    (dict(validation_data=(np.zeros((4, 8)), np.zeros((3, 1)))), "different numbers"),
+    (dict(loss="no_such_loss"), "loss"),
+    (dict(optimizer="no_such_optimizer"), "optimizer"),
+    (dict(metrics=["mae", "mae"]), "unique"),
+    (dict(jit_compile="yes"), "jit_compile"),
+])
+def test_bad_input_raises_value_error(kwargs, match):
+    args = {"x": np.zeros((10, 8), "float32"), "y": np.zeros((10, 1), "float32"), "loss": "mse",
+            "optimizer": "sgd", "verbose": 0, **kwargs}
+    model = small_model()
+    with pytest.raises(ValueError, match=match):
+        fastcustom.fit(model, args.pop("x"), args.pop("y"), **args)
+
+
+def test_a_model_that_cannot_be_built_from_x_raises_value_error():
+    model = keras.Sequential([fastcustom.MyDense(3)])   # needs inputs of rank >= 2
+    with pytest.raises(ValueError, match="could not be built from x"):
+        fastcustom.fit(model, np.zeros(10, "float32"), np.zeros(10, "float32"), loss="mse",
+                       optimizer="sgd", verbose=0)
+
+
+def mirrored_check():
+    """Run in a subprocess with two logical CPUs: one device vs a MirroredStrategy."""
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    x, y = regression_data(n=200)   # batches of 32 split 16 + 16, a last step of 8 as 4 + 4
+    initial = small_model().get_weights()
+    report = {"devices": devices}
+    for name, strategy in (("single", None), ("mirrored", tf.distribute.MirroredStrategy(devices))):
+        scope = strategy.scope() if strategy else contextlib.nullcontext()
+        with scope:
+            model = small_model()
+            model.set_weights(initial)
+            optimizer, metric = keras.optimizers.Nadam(0.01), fastcustom.HuberMetric()
+        history = fastcustom.fit(model, x, y, loss=fastcustom.HuberLoss(), optimizer=optimizer,
+                                 metrics=[metric], epochs=2, seed=0, validation_data=(x, y),
+                                 verbose=0)
+        report[name] = {"history": history.history, "compiled_with":
+                        history.params["compiled_with"],
+                        "weights": [w.tolist() for w in model.get_weights()]}
+    print(json.dumps(report))
+
+
+MIRRORED_SCRIPT = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import test_training
+test_training.mirrored_check()
+"""
+
+
+def test_mirrored_strategy_matches_one_device():
+    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True,
+                            text=True, cwd=HERE, timeout=300,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(report["devices"]) == 2
+    single, mirrored = report["single"], report["mirrored"]
+    assert (single["compiled_with"], mirrored["compiled_with"]) == ("xla", "graph")
+    assert sorted(mirrored["history"]) == ["huber_metric", "loss", "val_huber_metric", "val_loss"]
+    for name, values in single["history"].items():
+        np.testing.assert_allclose(mirrored["history"][name], values, rtol=1e-5, err_msg=name)
+    for a, b in zip(mirrored["weights"], single["weights"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
