@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Compile check for the Huber CUDA core (csrc/cuda): builds huber_cuda.cu and
+# huber_capi.cu for sm_80 and sm_90 plus compute_90 PTX with `-Xptxas -v`,
+# prints the register/spill report per kernel, checks that the object holds
+# sm_90 machine code (cuobjdump --list-elf, or a fatbin reader when cuobjdump
+# is not installed), and links the ctypes library. Needs nvcc, not a GPU.
+#
+# Without nvcc it says so and exits 0, or 1 when FASTCUSTOM_REQUIRE_NVCC=1.
+# NVCC=/path/to/nvcc overrides the lookup.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+nvcc_bin=""
+for candidate in "${NVCC:-}" "$(command -v nvcc || true)" /usr/local/cuda/bin/nvcc; do
+  if [[ -n "$candidate" && -x "$candidate" ]]; then nvcc_bin=$candidate; break; fi
+done
+if [[ -z "$nvcc_bin" ]]; then
+  echo "cuda_compile: nvcc not found (not on PATH, no /usr/local/cuda/bin/nvcc): CUDA compile check skipped"
+  [[ "${FASTCUSTOM_REQUIRE_NVCC:-0}" == 1 ]] && { echo "cuda_compile: FASTCUSTOM_REQUIRE_NVCC=1: failing"; exit 1; }
+  exit 0
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+echo "cuda_compile: $("$nvcc_bin" --version | tail -n 2 | tr '\n' ' ')"
+
+flags=(-std=c++17 -O3 -Xcompiler -fPIC -Xcompiler -Wall --Werror all-warnings
+       -gencode arch=compute_80,code=sm_80
+       -gencode arch=compute_90,code=sm_90
+       -gencode arch=compute_90,code=compute_90)
+start=$SECONDS
+"$nvcc_bin" "${flags[@]}" -Xptxas -v -c csrc/cuda/huber_cuda.cu -o "$tmp/huber_cuda.o" 2>"$tmp/ptxas.log" \
+  || { cat "$tmp/ptxas.log"; echo "cuda_compile: huber_cuda.cu failed to compile"; exit 1; }
+"$nvcc_bin" "${flags[@]}" -c csrc/cuda/huber_capi.cu -o "$tmp/huber_capi.o"
+"$nvcc_bin" -shared "$tmp/huber_cuda.o" "$tmp/huber_capi.o" -o "$tmp/libfastcustom_huber_cuda.so"
+echo "cuda_compile: built in $((SECONDS - start)) s"
+
+# One line per kernel and target: registers, stack frame and spill bytes.
+report=$(awk '
+  /Compiling entry function/ { fn = $0; sub(/^[^'\'']*'\''/, "", fn); sub(/'\''.*$/, "", fn)
+                               arch = $NF; gsub(/'\''/, "", arch) }
+  /bytes stack frame/        { frame = $1; st = $5; ld = $9 }
+  /Used [0-9]+ registers/    { regs = $0; sub(/^.*Used /, "", regs); sub(/ registers.*$/, "", regs)
+                               printf "%-6s regs=%-3s frame=%-3s spill_st=%-3s spill_ld=%-3s %s\n", arch, regs, frame, st, ld, fn }
+' "$tmp/ptxas.log")
+if command -v c++filt >/dev/null; then report=$(c++filt <<<"$report"); fi
+report=$(sed -e 's/fastcustom::gpu::(anonymous namespace):://' -e 's/(.*$//' -e 's/ void / /' <<<"$report" \
+         | sort -k6,6 -k1,1)
+echo "cuda_compile: ptxas report ($(wc -l <<<"$report") kernel builds):"
+echo "$report"
+spilling=$(grep -v 'spill_st=0 ' <<<"$report" || true)
+echo "cuda_compile: kernel builds with spill stores: $(grep -c . <<<"$spilling" || true)"
+[[ -z "$spilling" ]] || echo "$spilling"
+grep -q 'regs=' <<<"$report" || { echo "cuda_compile: no ptxas report found"; exit 1; }
+
+# The object must carry sm_90 machine code (ELF), not only PTX.
+cuobjdump_bin=${CUOBJDUMP:-$(command -v cuobjdump || true)}
+[[ -z "$cuobjdump_bin" && -x "$(dirname "$nvcc_bin")/cuobjdump" ]] && cuobjdump_bin="$(dirname "$nvcc_bin")/cuobjdump"
+if [[ -n "$cuobjdump_bin" ]]; then
+  elves=$("$cuobjdump_bin" --list-elf "$tmp/huber_cuda.o")
+else
+  echo "cuda_compile: cuobjdump not found; reading the .nv_fatbin section directly"
+  elves=$(python3 - "$tmp/huber_cuda.o" <<'PY'
+import struct, sys
+data = open(sys.argv[1], "rb").read()
+shoff = struct.unpack_from("<Q", data, 0x28)[0]
+entsize, count, names_index = struct.unpack_from("<HHH", data, 0x3A)
+sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * entsize) for i in range(count)]
+names_offset = sections[names_index][4]
+def name(off):
+    return data[names_offset + off: data.index(b"\0", names_offset + off)].decode()
+for sec in sections:
+    if name(sec[0]) != ".nv_fatbin":
+        continue
+    blob, pos = data[sec[4]: sec[4] + sec[5]], 0
+    while pos + 16 <= len(blob):       # fatbin containers, one after another
+        magic, _, header, size = struct.unpack_from("<IHHQ", blob, pos)
+        if magic != 0xBA55ED50:
+            pos += 8
+            continue
+        entry, end = pos + header, pos + header + size
+        while entry < end:              # entries: kind 1 = PTX, 2 = ELF; arch at +28
+            kind, _, entry_header, payload = struct.unpack_from("<HHIQ", blob, entry)
+            arch = struct.unpack_from("<I", blob, entry + 28)[0]
+            print(f"{'ELF' if kind == 2 else 'PTX'} file: sm_{arch}")
+            entry += entry_header + payload
+        pos = end
+PY
+)
+fi
+echo "$elves" | sed 's/^/cuda_compile:   /'
+if ! grep -q 'ELF.*sm_90' <<<"$elves"; then
+  echo "cuda_compile: no sm_90 machine code in huber_cuda.o"
+  exit 1
+fi
+if command -v nm >/dev/null; then
+  symbols=$(nm -D --defined-only "$tmp/libfastcustom_huber_cuda.so" | grep -c ' T fastcustom_huber_' || true)
+  echo "cuda_compile: libfastcustom_huber_cuda.so exports $symbols fastcustom_huber_* functions"
+  [[ "$symbols" -ge 8 ]] || { echo "cuda_compile: C API symbols missing"; exit 1; }
+fi
+echo "cuda_compile: OK ($((SECONDS - start)) s)"

@@ -1,0 +1,233 @@
+// TensorFlow GPU kernels for the FastCustom>Huber* ops (registered in
+// huber_ops.cc): shape checks, then the TF-free CUDA core in
+// cuda/huber_cuda.h on the op's stream. No device code lives here, so this
+// file builds with nvcc (-x cu) or with the host compiler, given
+// -DGOOGLE_CUDA=1, TensorFlow's compile flags and the CUDA include directory.
+//
+// Shapes: y_true and y_pred are [..., D], viewed as rows x cols = N x D;
+// grad is [...] (= y_pred.shape[:-1]); weights are 1-D of size 0, N or N * D;
+// delta is a host-side float64 scalar.
+#if GOOGLE_CUDA
+
+#define EIGEN_USE_GPU
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "cuda/huber_cuda.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/framework/types.h"
+#include "unsupported/Eigen/CXX11/Tensor"
+
+namespace fastcustom {
+namespace {
+
+using ::tensorflow::DEVICE_GPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::TensorShapeUtils;
+
+// TF's element types and the CUDA types the core is instantiated for:
+// Eigen::half and Eigen::bfloat16 are the same 16 bits as __half and
+// __nv_bfloat16.
+template <typename T>
+struct CudaType {
+  using type = T;
+};
+template <>
+struct CudaType<Eigen::half> {
+  using type = __half;
+};
+template <>
+struct CudaType<Eigen::bfloat16> {
+  using type = __nv_bfloat16;
+};
+static_assert(sizeof(Eigen::half) == sizeof(__half), "half layout");
+static_assert(sizeof(Eigen::bfloat16) == sizeof(__nv_bfloat16), "bfloat16 layout");
+
+template <typename T>
+const typename CudaType<T>::type* DeviceData(const Tensor& t) {
+  return reinterpret_cast<const typename CudaType<T>::type*>(t.flat<T>().data());
+}
+
+template <typename T>
+typename CudaType<T>::type* DeviceData(Tensor* t) {
+  return reinterpret_cast<typename CudaType<T>::type*>(t->flat<T>().data());
+}
+
+cudaStream_t Stream(OpKernelContext* ctx) { return ctx->eigen_device<Eigen::GpuDevice>().stream(); }
+
+template <typename... Args>
+absl::Status Invalid(const Args&... message) {
+  return absl::InvalidArgumentError(absl::StrCat(message...));
+}
+
+absl::Status CudaStatus(const char* op, cudaError_t err) {
+  if (err == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(op, " CUDA launch failed: ", cudaGetErrorString(err)));
+}
+
+// A device scratch buffer of `bytes` (null when 0), alive as long as `holder`.
+absl::Status Workspace(OpKernelContext* ctx, size_t bytes, Tensor* holder, void** data) {
+  *data = nullptr;
+  if (bytes == 0) return absl::OkStatus();
+  TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_INT8,
+                                        TensorShape({static_cast<int64_t>(bytes)}), holder));
+  *data = holder->flat<int8_t>().data();
+  return absl::OkStatus();
+}
+
+// The inputs every op shares; rows x cols is y_pred's N x D view.
+struct PairInputs {
+  int64_t rows = 0;
+  int64_t cols = 0;
+  double delta = 0.0;
+};
+
+absl::Status CheckPair(const Tensor& y_true, const Tensor& y_pred, const Tensor& delta,
+                       PairInputs* in) {
+  if (!TensorShapeUtils::IsVectorOrHigher(y_pred.shape())) {
+    return Invalid("y_pred must have rank >= 1 (a last axis to reduce), got shape ",
+                   y_pred.shape().DebugString());
+  }
+  if (y_true.shape() != y_pred.shape()) {
+    return Invalid("y_true shape ", y_true.shape().DebugString(), " and y_pred shape ",
+                   y_pred.shape().DebugString(), " must be equal");
+  }
+  if (!TensorShapeUtils::IsScalar(delta.shape())) {
+    return Invalid("delta must be a scalar, got shape ", delta.shape().DebugString());
+  }
+  const int last = y_pred.dims() - 1;
+  in->cols = y_pred.dim_size(last);
+  in->rows = 1;
+  for (int i = 0; i < last; ++i) in->rows *= y_pred.dim_size(i);
+  in->delta = delta.scalar<double>()();
+  return absl::OkStatus();
+}
+
+TensorShape LeadingDims(const Tensor& y_pred) {
+  TensorShape shape = y_pred.shape();
+  shape.RemoveLastDims(1);
+  return shape;
+}
+
+// loss[...] = mean over the last axis of h(y_true - y_pred).
+template <typename T>
+class HuberPerSampleGpuOp : public OpKernel {
+ public:
+  explicit HuberPerSampleGpuOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& y_true = ctx->input(0);
+    const Tensor& y_pred = ctx->input(1);
+    PairInputs in;
+    OP_REQUIRES_OK(ctx, CheckPair(y_true, y_pred, ctx->input(2), &in));
+    Tensor* loss = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, LeadingDims(y_pred), &loss));
+    if (in.rows == 0) return;
+    Tensor workspace_holder;
+    void* workspace = nullptr;
+    OP_REQUIRES_OK(ctx, Workspace(ctx, gpu::HuberPerSampleWorkspaceBytes(in.rows, in.cols),
+                                  &workspace_holder, &workspace));
+    OP_REQUIRES_OK(ctx, CudaStatus("HuberPerSample",
+                                   gpu::HuberPerSample(DeviceData<T>(y_true), DeviceData<T>(y_pred),
+                                                       in.rows, in.cols, in.delta, workspace,
+                                                       DeviceData<T>(loss), Stream(ctx))));
+  }
+};
+
+// grad_pred[..., c] = grad[...] / D * clamp(y_pred - y_true, -delta, delta).
+template <typename T>
+class HuberPerSampleGradGpuOp : public OpKernel {
+ public:
+  explicit HuberPerSampleGradGpuOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& y_true = ctx->input(0);
+    const Tensor& y_pred = ctx->input(1);
+    const Tensor& grad = ctx->input(3);
+    PairInputs in;
+    OP_REQUIRES_OK(ctx, CheckPair(y_true, y_pred, ctx->input(2), &in));
+    OP_REQUIRES(ctx, grad.shape() == LeadingDims(y_pred),
+                Invalid("grad shape ", grad.shape().DebugString(), " must be y_pred's leading dimensions ",
+                        LeadingDims(y_pred).DebugString(), " (y_pred shape ", y_pred.shape().DebugString(),
+                        ")"));
+    Tensor* grad_pred = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, y_pred.shape(), &grad_pred));
+    if (in.rows * in.cols == 0) return;
+    OP_REQUIRES_OK(ctx, CudaStatus("HuberPerSampleGrad",
+                                   gpu::HuberPerSampleGrad(DeviceData<T>(y_true), DeviceData<T>(y_pred),
+                                                           DeviceData<T>(grad), in.rows, in.cols,
+                                                           in.delta, DeviceData<T>(grad_pred),
+                                                           Stream(ctx))));
+  }
+};
+
+// (total, count) = (sum w * h, sum w), float64, w from 0, N or N * D weights.
+template <typename T>
+class HuberWeightedTotalGpuOp : public OpKernel {
+ public:
+  explicit HuberWeightedTotalGpuOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& y_true = ctx->input(0);
+    const Tensor& y_pred = ctx->input(1);
+    const Tensor& weights = ctx->input(3);
+    PairInputs in;
+    OP_REQUIRES_OK(ctx, CheckPair(y_true, y_pred, ctx->input(2), &in));
+    const int64_t size = weights.NumElements();
+    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(weights.shape()) &&
+                         (size == 0 || size == in.rows || size == in.rows * in.cols),
+                Invalid("weights shape ", weights.shape().DebugString(), " must be 1-D with 0, ", in.rows,
+                        " (one per row) or ", in.rows * in.cols,
+                        " (one per element) entries for y_pred shape ", y_pred.shape().DebugString()));
+    Tensor* total = nullptr;
+    Tensor* count = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &total));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &count));
+    Tensor workspace_holder;
+    void* workspace = nullptr;
+    OP_REQUIRES_OK(ctx, Workspace(ctx, gpu::HuberWeightedTotalWorkspaceBytes(in.rows, in.cols),
+                                  &workspace_holder, &workspace));
+    OP_REQUIRES_OK(ctx, CudaStatus("HuberWeightedTotal",
+                                   gpu::HuberWeightedTotal(
+                                       DeviceData<T>(y_true), DeviceData<T>(y_pred),
+                                       size == 0 ? nullptr : DeviceData<T>(weights), size, in.rows,
+                                       in.cols, in.delta, workspace, total->scalar<double>().data(),
+                                       count->scalar<double>().data(), Stream(ctx))));
+  }
+};
+
+#define FASTCUSTOM_REGISTER_HUBER_GPU(T)                                                  \
+  REGISTER_KERNEL_BUILDER(Name("FastCustom>HuberPerSample")                               \
+                              .Device(DEVICE_GPU)                                         \
+                              .HostMemory("delta")                                        \
+                              .TypeConstraint<T>("T"),                                    \
+                          HuberPerSampleGpuOp<T>);                                        \
+  REGISTER_KERNEL_BUILDER(Name("FastCustom>HuberPerSampleGrad")                           \
+                              .Device(DEVICE_GPU)                                         \
+                              .HostMemory("delta")                                        \
+                              .TypeConstraint<T>("T"),                                    \
+                          HuberPerSampleGradGpuOp<T>);                                    \
+  REGISTER_KERNEL_BUILDER(Name("FastCustom>HuberWeightedTotal")                           \
+                              .Device(DEVICE_GPU)                                         \
+                              .HostMemory("delta")                                        \
+                              .TypeConstraint<T>("T"),                                    \
+                          HuberWeightedTotalGpuOp<T>);
+
+FASTCUSTOM_REGISTER_HUBER_GPU(Eigen::half)
+FASTCUSTOM_REGISTER_HUBER_GPU(Eigen::bfloat16)
+FASTCUSTOM_REGISTER_HUBER_GPU(float)
+FASTCUSTOM_REGISTER_HUBER_GPU(double)
+#undef FASTCUSTOM_REGISTER_HUBER_GPU
+
+}  // namespace
+}  // namespace fastcustom
+
+#endif  // GOOGLE_CUDA
