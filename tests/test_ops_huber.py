@@ -33,6 +33,12 @@ OPS = library.huber_ops()
 needs_ops = pytest.mark.skipif(
     OPS is None, reason=f"fused Huber ops unavailable: {library.status()['reason']}")
 
+@pytest.mark.skipif(os.environ.get("FASTCUSTOM_REQUIRE_OPS") != "1",
+                    reason="set FASTCUSTOM_REQUIRE_OPS=1 where the op library must be built (CI)")
+def test_op_library_is_built_and_loaded():
+    assert library.status()["path"] == "fused-op", library.status()["reason"]
+
+
 DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
 # Relative tolerances against the float64 reference computed on the same (rounded)
 # inputs. The kernels accumulate in float32 (float64 for float64), so a value
