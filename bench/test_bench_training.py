@@ -7,8 +7,11 @@
         python -m pytest bench/test_bench_training.py --benchmark-json=bench/out/training-noynn.json
 
 The notes' regression model (8 inputs -> 30 selu -> 30 selu -> 1, lecun_normal),
-20,640 generated samples, batch 32 (645 steps an epoch), Nadam, `HuberLoss` and
-`HuberMetric`. Each case starts from the same initial weights, is traced and
+20,640 generated samples, batch 32 (645 steps an epoch), Nadam. The baselines are
+what the notes' readers run -- `model.fit` and the eager loop with the notes' own
+`Huberloss` and `HuberMetric` -- as the issue defines them; `model.fit` with
+fastcustom's `HuberLoss` and `HuberMetric` is measured too, so the speed-up of
+the loop alone is in the table as well. `fastcustom.fit` uses fastcustom's. Each case starts from the same initial weights, is traced and
 compiled in a warm-up round, then timed over a fixed number of rounds of
 3 epochs (one `fit` call each, so both pay their per-call set-up alike); its
 `extra_info` holds `steps_per_second` (steps per round / median round time) and
@@ -36,6 +39,7 @@ import numpy as np
 import pytest
 
 import fastcustom
+from fastcustom.reference import notes
 from fastcustom.reference.training_loop import train_eagerly
 
 SAMPLES, FEATURES, BATCH = 20_640, 8, 32
@@ -110,30 +114,36 @@ def test_fastcustom_fit(benchmark, jit_compile):
            rounds=15 if jit_compile else 3, target=target)
 
 
+COMPONENTS = {"notes": lambda: (notes.Huberloss(), notes.HuberMetric()),
+              "fastcustom": lambda: (fastcustom.HuberLoss(), fastcustom.HuberMetric())}
+
+
 @pytest.mark.parametrize("steps_per_execution,rounds", [(1, 2), (32, 3), ("all", 3)])
 @pytest.mark.parametrize("jit_compile", ["auto", True])
-def test_keras_model_fit(benchmark, steps_per_execution, rounds, jit_compile):
+@pytest.mark.parametrize("components", ["notes", "fastcustom"])
+def test_keras_model_fit(benchmark, steps_per_execution, rounds, jit_compile, components):
     if jit_compile is True and steps_per_execution == 1:
         pytest.skip("covered by the other model.fit cases")
     x, y = regression_data()
     model = notes_model()
     spe = STEPS_PER_EPOCH if steps_per_execution == "all" else steps_per_execution
-    model.compile(optimizer=keras.optimizers.Nadam(), loss=fastcustom.HuberLoss(),
-                  metrics=[fastcustom.HuberMetric()], steps_per_execution=spe,
-                  jit_compile=jit_compile)
+    loss, metric = COMPONENTS[components]()
+    model.compile(optimizer=keras.optimizers.Nadam(), loss=loss, metrics=[metric],
+                  steps_per_execution=spe, jit_compile=jit_compile)
 
     def target():
         model.fit(x, y, batch_size=BATCH, epochs=EPOCHS_PER_ROUND, verbose=0)
 
     name = f"model.fit steps_per_execution={steps_per_execution}"
     name += " jit_compile=True" if jit_compile is True else ""
+    name += " (fastcustom loss, metric)" if components == "fastcustom" else ""
     record(benchmark, name, EPOCHS_PER_ROUND * STEPS_PER_EPOCH, rounds=rounds, target=target)
 
 
 def test_eager_reference_loop(benchmark):
     x, y = regression_data()
     model, optimizer = notes_model(), keras.optimizers.Nadam()
-    loss, metric = fastcustom.HuberLoss(), fastcustom.HuberMetric()
+    loss, metric = COMPONENTS["notes"]()
 
     def target():
         train_eagerly(model, x, y, loss_fn=loss, optimizer=optimizer, metrics=[metric],
@@ -155,12 +165,20 @@ def final_losses():
 
 
 def ratios(per_second):
-    """fastcustom.fit's speed-ups over the best model.fit (default jit_compile, any) and eager."""
+    """fastcustom.fit's speed-ups over the best model.fit and over the eager loop.
+
+    "vs best model.fit" is the issue's baseline: the notes' loss and metric, the
+    best steps_per_execution, default jit_compile. The other rows compare with
+    model.fit given fastcustom's loss and metric, and with any jit_compile.
+    """
     ours = per_second["fastcustom.fit"]
     keras_fits = {k: v for k, v in per_second.items() if k.startswith("model.fit")}
-    default_jit = {k: v for k, v in keras_fits.items() if "jit_compile" not in k}
+    notes_fits = {k: v for k, v in keras_fits.items() if "fastcustom" not in k}
+    default_jit = {k: v for k, v in notes_fits.items() if "jit_compile" not in k}
+    ours_components = {k: v for k, v in keras_fits.items() if "fastcustom" in k}
     return {"vs best model.fit": ours / max(default_jit.values()),
-            "vs best model.fit (any jit_compile)": ours / max(keras_fits.values()),
+            "vs best model.fit (any jit_compile)": ours / max(notes_fits.values()),
+            "vs best model.fit, fastcustom loss+metric": ours / max(ours_components.values()),
             "vs eager loop": ours / per_second["eager loop (notes)"]}
 
 
@@ -180,7 +198,7 @@ def test_speedups(benchmark):
     for name, value in sorted(STEPS_PER_SECOND.items(), key=lambda item: -item[1]):
         print(f"{name:44s} {value:10,.0f} {STEPS_PER_CPU_SECOND[name]:12,.0f}")
     for name in wall:
-        print(f"fastcustom.fit {name:29s} {wall[name]:9,.1f}x {cpu[name]:11,.1f}x")
+        print(f"fastcustom.fit {name:42s} {wall[name]:9,.1f}x {cpu[name]:11,.1f}x")
     print(f"final loss after {PARITY_EPOCHS} epochs: fastcustom.fit {ours_loss:.5f}, "
           f"model.fit {keras_loss:.5f}")
     assert abs(ours_loss - keras_loss) <= 0.05 * keras_loss
