@@ -346,8 +346,11 @@ def run_scripts(*runs):
         env = {k: v for k, v in os.environ.items() if k != "FASTCUSTOM_DISABLE_OPS"}
         env.update(TF_CPP_MIN_LOG_LEVEL="3", **extra_env,
                    PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")])))
+        # `python -c` puts the working directory first on sys.path: run it where the
+        # fastcustom under test lives, or a source checkout would shadow an install.
         processes.append(subprocess.Popen([sys.executable, "-c", script, *args], env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+                                          cwd=PACKAGE_ROOT, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
     results = []
     for process in processes:
         stdout, stderr = process.communicate(timeout=600)
