@@ -30,7 +30,7 @@ for _gpu in tf.config.list_physical_devices("GPU"):
 
 # (rounds, iterations per round) for pytest-benchmark's pedantic mode, by size;
 # FASTCUSTOM_BENCH_QUICK=1 makes it 3 single calls (a smoke run, e.g. the report's test).
-ROUNDS = {"small": (40, 20), "medium": (15, 4), "large": (5, 1)}
+ROUNDS = {"small": (40, 20), "medium": (15, 4), "large": (15, 1)}
 if os.environ.get("FASTCUSTOM_BENCH_QUICK", "") not in ("", "0"):
     ROUNDS = dict.fromkeys(ROUNDS, (3, 1))
 EXTRAS_HINT = "pip install 'fastcustom[frameworks]'"

@@ -18,7 +18,8 @@ import fastcustom
 from fastcustom import reference
 from fastcustom.bench import case_info, ceiling_info
 from fastcustom.bench.cases import SIZES
-from fastcustom.ops.huber import huber_per_sample_tf, huber_weighted_total_tf
+from fastcustom.ops.huber import (_huber_per_sample_xla, huber_per_sample_tf,
+                                  huber_weighted_total_tf)
 from fastcustom.reference import notes
 
 SHAPES = {"small": (32, 1), "medium": (16384, 16), "large": (500000, 16)}
@@ -107,6 +108,10 @@ FORWARD = {
     "tf.function": lambda inputs: _forward_tf(tf.function(_mean_huber))(inputs),
     "tf.function + XLA": lambda inputs: _forward_tf(
         tf.function(_mean_huber, jit_compile=True))(inputs),
+    # What fastcustom runs without the op: per-sample values from the XLA-compiled
+    # function, then the mean (as the fused op's row does).
+    "XLA path (eager)": lambda inputs: _forward_tf(
+        lambda t, p: tf.reduce_mean(_huber_per_sample_xla(t, p, THRESHOLD)))(inputs),
     "fastcustom": lambda inputs: _forward_tf(fastcustom.HuberLoss(THRESHOLD))(inputs),
     "fused op": _forward_fused,
     "numpy float64": _forward_numpy,
@@ -165,6 +170,10 @@ FORWARD_GRADIENT = {
     "tf.function": lambda inputs: _forward_tf(tf.function(_mean_huber_and_grad))(inputs),
     "tf.function + XLA": lambda inputs: _forward_tf(
         tf.function(_mean_huber_and_grad, jit_compile=True))(inputs),
+    # What fastcustom runs without the op: the XLA-compiled forward, differentiated by
+    # the tape (its backward pass is a second compiled function).
+    "XLA path (eager)": lambda inputs: _grad_tf_eager(
+        lambda t, p: tf.reduce_mean(_huber_per_sample_xla(t, p, THRESHOLD)))(inputs),
     "fastcustom": lambda inputs: _grad_tf_eager(fastcustom.HuberLoss(THRESHOLD))(inputs),
     "fused op": _grad_fused,
     "numpy float64": _grad_numpy,

@@ -15,8 +15,8 @@ SIZES = ("small", "medium", "large")
 # Implementations, in report order; the first is the baseline every speed-up divides.
 BASELINE = "notes (eager)"
 IMPLEMENTATIONS = (BASELINE, "notes Mean-based (eager)", "keras built-in", "tf.function",
-                   "tf.function + XLA", "fastcustom", "fused op", "numpy float64",
-                   "torch", "jax + optax")
+                   "tf.function + XLA", "XLA path (eager)", "fastcustom", "fused op",
+                   "numpy float64", "torch", "jax + optax")
 
 # The roof of each unit, and how the report names and scales its throughput.
 ROOFS = {"B": ("memory read bandwidth", "GB/s"), "FLOP": ("matmul peak", "GFLOP/s")}
