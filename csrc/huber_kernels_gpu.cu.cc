@@ -1,5 +1,6 @@
 // TensorFlow GPU kernels for the FastCustom>Huber* ops (registered in
-// huber_ops.cc): shape checks, then the TF-free CUDA core in
+// huber_ops.cc): the shape checks the CPU kernels make (huber_kernels.h),
+// then the TF-free CUDA core in
 // cuda/huber_cuda.h on the op's stream. No device code lives here, so this
 // file builds with nvcc (-x cu) or with the host compiler, given
 // -DGOOGLE_CUDA=1, TensorFlow's compile flags and the CUDA include directory.
@@ -16,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "cuda/huber_cuda.h"
+#include "huber_kernels.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
@@ -31,7 +33,6 @@ using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
-using ::tensorflow::TensorShapeUtils;
 
 // TF's element types and the CUDA types the core is instantiated for:
 // Eigen::half and Eigen::bfloat16 are the same 16 bits as __half and
@@ -63,10 +64,8 @@ typename CudaType<T>::type* DeviceData(Tensor* t) {
 
 cudaStream_t Stream(OpKernelContext* ctx) { return ctx->eigen_device<Eigen::GpuDevice>().stream(); }
 
-template <typename... Args>
-absl::Status Invalid(const Args&... message) {
-  return absl::InvalidArgumentError(absl::StrCat(message...));
-}
+// The `delta` input, in host memory (checked to be a scalar by GetRowLayout).
+double Delta(OpKernelContext* ctx) { return ctx->input(2).scalar<double>()(); }
 
 absl::Status CudaStatus(const char* op, cudaError_t err) {
   if (err == cudaSuccess) return absl::OkStatus();
@@ -83,40 +82,6 @@ absl::Status Workspace(OpKernelContext* ctx, size_t bytes, Tensor* holder, void*
   return absl::OkStatus();
 }
 
-// The inputs every op shares; rows x cols is y_pred's N x D view.
-struct PairInputs {
-  int64_t rows = 0;
-  int64_t cols = 0;
-  double delta = 0.0;
-};
-
-absl::Status CheckPair(const Tensor& y_true, const Tensor& y_pred, const Tensor& delta,
-                       PairInputs* in) {
-  if (!TensorShapeUtils::IsVectorOrHigher(y_pred.shape())) {
-    return Invalid("y_pred must have rank >= 1 (a last axis to reduce), got shape ",
-                   y_pred.shape().DebugString());
-  }
-  if (y_true.shape() != y_pred.shape()) {
-    return Invalid("y_true shape ", y_true.shape().DebugString(), " and y_pred shape ",
-                   y_pred.shape().DebugString(), " must be equal");
-  }
-  if (!TensorShapeUtils::IsScalar(delta.shape())) {
-    return Invalid("delta must be a scalar, got shape ", delta.shape().DebugString());
-  }
-  const int last = y_pred.dims() - 1;
-  in->cols = y_pred.dim_size(last);
-  in->rows = 1;
-  for (int i = 0; i < last; ++i) in->rows *= y_pred.dim_size(i);
-  in->delta = delta.scalar<double>()();
-  return absl::OkStatus();
-}
-
-TensorShape LeadingDims(const Tensor& y_pred) {
-  TensorShape shape = y_pred.shape();
-  shape.RemoveLastDims(1);
-  return shape;
-}
-
 // loss[...] = mean over the last axis of h(y_true - y_pred).
 template <typename T>
 class HuberPerSampleGpuOp : public OpKernel {
@@ -126,18 +91,18 @@ class HuberPerSampleGpuOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& y_true = ctx->input(0);
     const Tensor& y_pred = ctx->input(1);
-    PairInputs in;
-    OP_REQUIRES_OK(ctx, CheckPair(y_true, y_pred, ctx->input(2), &in));
+    RowLayout in;
+    OP_REQUIRES_OK(ctx, GetRowLayout(y_true, y_pred, ctx->input(2), &in));
     Tensor* loss = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, LeadingDims(y_pred), &loss));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, in.row_shape, &loss));
     if (in.rows == 0) return;
     Tensor workspace_holder;
     void* workspace = nullptr;
-    OP_REQUIRES_OK(ctx, Workspace(ctx, gpu::HuberPerSampleWorkspaceBytes(in.rows, in.cols),
+    OP_REQUIRES_OK(ctx, Workspace(ctx, gpu::HuberPerSampleWorkspaceBytes(in.rows, in.depth),
                                   &workspace_holder, &workspace));
     OP_REQUIRES_OK(ctx, CudaStatus("HuberPerSample",
                                    gpu::HuberPerSample(DeviceData<T>(y_true), DeviceData<T>(y_pred),
-                                                       in.rows, in.cols, in.delta, workspace,
+                                                       in.rows, in.depth, Delta(ctx), workspace,
                                                        DeviceData<T>(loss), Stream(ctx))));
   }
 };
@@ -152,19 +117,16 @@ class HuberPerSampleGradGpuOp : public OpKernel {
     const Tensor& y_true = ctx->input(0);
     const Tensor& y_pred = ctx->input(1);
     const Tensor& grad = ctx->input(3);
-    PairInputs in;
-    OP_REQUIRES_OK(ctx, CheckPair(y_true, y_pred, ctx->input(2), &in));
-    OP_REQUIRES(ctx, grad.shape() == LeadingDims(y_pred),
-                Invalid("grad shape ", grad.shape().DebugString(), " must be y_pred's leading dimensions ",
-                        LeadingDims(y_pred).DebugString(), " (y_pred shape ", y_pred.shape().DebugString(),
-                        ")"));
+    RowLayout in;
+    OP_REQUIRES_OK(ctx, GetRowLayout(y_true, y_pred, ctx->input(2), &in));
+    OP_REQUIRES_OK(ctx, CheckUpstream(grad, in));
     Tensor* grad_pred = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, y_pred.shape(), &grad_pred));
-    if (in.rows * in.cols == 0) return;
+    if (in.rows * in.depth == 0) return;
     OP_REQUIRES_OK(ctx, CudaStatus("HuberPerSampleGrad",
                                    gpu::HuberPerSampleGrad(DeviceData<T>(y_true), DeviceData<T>(y_pred),
-                                                           DeviceData<T>(grad), in.rows, in.cols,
-                                                           in.delta, DeviceData<T>(grad_pred),
+                                                           DeviceData<T>(grad), in.rows, in.depth,
+                                                           Delta(ctx), DeviceData<T>(grad_pred),
                                                            Stream(ctx))));
   }
 };
@@ -179,27 +141,25 @@ class HuberWeightedTotalGpuOp : public OpKernel {
     const Tensor& y_true = ctx->input(0);
     const Tensor& y_pred = ctx->input(1);
     const Tensor& weights = ctx->input(3);
-    PairInputs in;
-    OP_REQUIRES_OK(ctx, CheckPair(y_true, y_pred, ctx->input(2), &in));
+    RowLayout in;
+    OP_REQUIRES_OK(ctx, GetRowLayout(y_true, y_pred, ctx->input(2), &in));
+    WeightMode mode;
+    OP_REQUIRES_OK(ctx, GetWeightMode(weights, in, &mode));
     const int64_t size = weights.NumElements();
-    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(weights.shape()) &&
-                         (size == 0 || size == in.rows || size == in.rows * in.cols),
-                Invalid("weights shape ", weights.shape().DebugString(), " must be 1-D with 0, ", in.rows,
-                        " (one per row) or ", in.rows * in.cols,
-                        " (one per element) entries for y_pred shape ", y_pred.shape().DebugString()));
     Tensor* total = nullptr;
     Tensor* count = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &total));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &count));
     Tensor workspace_holder;
     void* workspace = nullptr;
-    OP_REQUIRES_OK(ctx, Workspace(ctx, gpu::HuberWeightedTotalWorkspaceBytes(in.rows, in.cols),
+    OP_REQUIRES_OK(ctx, Workspace(ctx, gpu::HuberWeightedTotalWorkspaceBytes(in.rows, in.depth),
                                   &workspace_holder, &workspace));
     OP_REQUIRES_OK(ctx, CudaStatus("HuberWeightedTotal",
                                    gpu::HuberWeightedTotal(
                                        DeviceData<T>(y_true), DeviceData<T>(y_pred),
-                                       size == 0 ? nullptr : DeviceData<T>(weights), size, in.rows,
-                                       in.cols, in.delta, workspace, total->scalar<double>().data(),
+                                       mode == WeightMode::kNone ? nullptr : DeviceData<T>(weights),
+                                       size, in.rows, in.depth, Delta(ctx), workspace,
+                                       total->scalar<double>().data(),
                                        count->scalar<double>().data(), Stream(ctx))));
   }
 };
