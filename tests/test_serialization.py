@@ -15,6 +15,14 @@ def compiled(model, threshold=2.0):
     return model
 
 
+def trained_and_reloaded(model, path, **load_kwargs):
+    """`model` after one epoch on the test data, and its copy loaded back from `path`."""
+    x, y = regression_data()
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(path)
+    return model, keras.models.load_model(path, **load_kwargs)
+
+
 def assert_same_model(original, loaded, x, y):
     np.testing.assert_array_equal(original.predict(x, verbose=0), loaded.predict(x, verbose=0))
     for a, b in zip(original.get_weights(), loaded.get_weights()):
@@ -25,11 +33,8 @@ def assert_same_model(original, loaded, x, y):
 
 def test_keras_format_round_trip_without_custom_objects(tmp_path):
     x, y = regression_data()
-    model = compiled(everything_model())
-    model.fit(x, y, epochs=1, verbose=0)
-    path = tmp_path / "model.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)  # safe mode, no custom_objects
+    # safe mode, no custom_objects
+    model, loaded = trained_and_reloaded(compiled(everything_model()), tmp_path / "model.keras")
     assert_same_model(model, loaded, x, y)
     assert loaded.loss.threshold == 2.0
     for a, b in zip(model.layers, loaded.layers):
@@ -40,10 +45,8 @@ def test_keras_format_round_trip_without_custom_objects(tmp_path):
 
 def test_metric_threshold_survives(tmp_path):
     x, y = regression_data()
-    model = compiled(everything_model(), threshold=0.3)
-    model.fit(x, y, epochs=1, verbose=0)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.models.load_model(tmp_path / "m.keras")
+    _, loaded = trained_and_reloaded(compiled(everything_model(), threshold=0.3),
+                                     tmp_path / "m.keras")
     loaded.evaluate(x, y, verbose=0)
     compiled_metrics = loaded.metrics[1].metrics
     assert [type(m) for m in compiled_metrics] == [fastcustom.HuberMetric]
@@ -54,9 +57,7 @@ def test_create_huber_threshold_survives(tmp_path):
     x, y = regression_data()
     model = everything_model(noise=0.0)
     model.compile(optimizer="sgd", loss=fastcustom.create_huber(0.25))
-    model.fit(x, y, epochs=1, verbose=0)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.models.load_model(tmp_path / "m.keras")
+    model, loaded = trained_and_reloaded(model, tmp_path / "m.keras")
     assert loaded.loss.threshold == 0.25
     np.testing.assert_allclose(loaded.evaluate(x, y, verbose=0), model.evaluate(x, y, verbose=0),
                                rtol=1e-6)
@@ -64,10 +65,8 @@ def test_create_huber_threshold_survives(tmp_path):
 
 def test_legacy_h5_round_trip(tmp_path):
     x, y = regression_data()
-    model = compiled(everything_model())
-    model.fit(x, y, epochs=1, verbose=0)
-    model.save(tmp_path / "model.h5")
-    loaded = keras.models.load_model(tmp_path / "model.h5", custom_objects=CUSTOM_OBJECTS)
+    model, loaded = trained_and_reloaded(compiled(everything_model()), tmp_path / "model.h5",
+                                         custom_objects=CUSTOM_OBJECTS)
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
     assert loaded.loss.threshold == 2.0
 
@@ -76,9 +75,7 @@ def test_reconstructing_regressor_round_trip(tmp_path):
     x, y = regression_data()
     model = fastcustom.ReconstructingRegressor(1, reconstruction_weight=0.3)
     model.compile(optimizer="nadam", loss=fastcustom.HuberLoss(1.5))
-    model.fit(x, y, epochs=1, verbose=0)
-    model.save(tmp_path / "r.keras")
-    loaded = keras.models.load_model(tmp_path / "r.keras")
+    model, loaded = trained_and_reloaded(model, tmp_path / "r.keras")
     assert (loaded.output_dim, loaded.reconstruction_weight) == (1, 0.3)
     assert_same_model(model, loaded, x, y)
     model(x), loaded(x)
