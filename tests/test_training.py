@@ -66,6 +66,38 @@ def test_matches_the_eager_reference_loop(case):
         assert history.history["loss"][-1] > history.history["huber_metric"][-1]
 
 
+@pytest.mark.parametrize("steps_per_call", [None, 3])
+def test_two_steps_per_iteration_match_the_eager_reference_loop(steps_per_call):
+    # 7 full steps of 16 and a step of 8 per epoch: the loop runs iterations of two
+    # steps, then the odd one; with steps_per_call=3 the bounds are tensors (calls of
+    # 3, 3, 1 + the tail), so each call needs the second loop when its count is odd.
+    x, y = regression_data(n=120)
+    model = small_model()
+    reference = twin(model, x)
+    history = fastcustom.fit(model, x, y, loss=fastcustom.HuberLoss(),
+                             optimizer=keras.optimizers.SGD(0.05), batch_size=16, epochs=2,
+                             seed=3, steps_per_call=steps_per_call, verbose=0)
+    expected = train_eagerly(reference, x, y, loss_fn=fastcustom.HuberLoss(),
+                             optimizer=keras.optimizers.SGD(0.05), batch_size=16, epochs=2,
+                             seed=3)
+    loop = model._fastcustom_training_loop[1]
+    assert loop.steps_per_iteration(16) == 2 and expected["steps"] == 16
+    assert history.params["compiled_with"] == "xla"
+    assert_same_weights(model, reference)
+    np.testing.assert_allclose(history.history["loss"], expected["loss"], rtol=1e-5)
+
+
+def test_only_small_steps_are_unrolled():
+    wide = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(1024)])
+    loops = {name: fastcustom.training.loop.TrainingLoop(
+        model, fastcustom.HuberLoss(), keras.optimizers.SGD(), [], tf.distribute.get_strategy(),
+        jit_compile) for name, model, jit_compile in
+        [("small", small_model(), "auto"), ("wide", wide, "auto"), ("graph", small_model(), False)]}
+    assert loops["small"].steps_per_iteration(32) == 2
+    assert loops["wide"].steps_per_iteration(32) == 1  # 1M parameters
+    assert loops["graph"].steps_per_iteration(32) == 1
+
+
 @pytest.fixture(scope="module")
 def keras_and_ours():
     """model.fit and fastcustom.fit from the same weights, in the same order, with validation."""
