@@ -2,7 +2,7 @@
 
     python -m pytest bench/test_bench_training.py --benchmark-json=bench/out/training.json
 
-    # the same with XLA's YNNPACK dots off (see below):
+    # the same under an XLA flag (here: XLA's YNNPACK dots off; see the end of this text):
     XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_dot \
         python -m pytest bench/test_bench_training.py --benchmark-json=bench/out/training-noynn.json
 
@@ -11,8 +11,9 @@ The notes' regression model (8 inputs -> 30 selu -> 30 selu -> 1, lecun_normal),
 what the notes' readers run -- `model.fit` and the eager loop with the notes' own
 `Huberloss` and `HuberMetric` -- as the issue defines them; `model.fit` with
 fastcustom's `HuberLoss` and `HuberMetric` is measured too, so the speed-up of
-the loop alone is in the table as well. `fastcustom.fit` uses fastcustom's. Each case starts from the same initial weights, is traced and
-compiled in a warm-up round, then timed over a fixed number of rounds of
+the loop alone is in the table as well. `fastcustom.fit` uses fastcustom's.
+Each case starts from the same initial weights, is traced and compiled in a
+warm-up round, then timed over a fixed number of rounds of
 3 epochs (one `fit` call each, so both pay their per-call set-up alike); its
 `extra_info` holds `steps_per_second` (steps per round / median round time) and
 the `XLA_FLAGS` it ran with. The eager loop runs a reduced number of steps per
@@ -21,11 +22,14 @@ in its `extra_info`, checks that the final training loss after the same epochs
 from the same weights is within 5% of model.fit's, and warns when a target is
 missed (fastcustom.fit >= 20x the best model.fit, >= 1000x the eager loop).
 
-On CPU, XLA hands each dot to YNNPACK, whose per-call set-up costs more than
-this model's 32x8x30 products: with the flag above XLA uses its own dot
-kernels and the compiled loop runs about 1.5x faster. XLA reads the flag once,
-at its first compilation in the process, and it applies to every XLA dot, so
-it is the user's choice, not something fastcustom sets.
+`test_fastcustom_fit_step_anatomy` times fastcustom.fit with one part of the
+model or loop changed (tanh for selu, SGD for Nadam, no metric, no unrolling),
+which shows where the compiled step's time goes.
+
+XLA_FLAGS (read once, at the first XLA compilation in the process, and for
+every XLA computation in it) are the user's choice, not something fastcustom
+sets; the flags tried on this loop did not make it reliably faster (see
+bench/RESULTS.md).
 """
 
 import functools
@@ -61,13 +65,13 @@ def regression_data():
     return x, y.astype(np.float32)
 
 
-def notes_model():
+def notes_model(activation="selu"):
     """The notes' regression model, with the same initial weights every time."""
     keras.utils.set_random_seed(42)
     return keras.Sequential([
         keras.Input((FEATURES,)),
-        keras.layers.Dense(30, activation="selu", kernel_initializer="lecun_normal"),
-        keras.layers.Dense(30, activation="selu", kernel_initializer="lecun_normal"),
+        keras.layers.Dense(30, activation=activation, kernel_initializer="lecun_normal"),
+        keras.layers.Dense(30, activation=activation, kernel_initializer="lecun_normal"),
         keras.layers.Dense(1)])
 
 
@@ -150,6 +154,68 @@ def test_eager_reference_loop(benchmark):
                       batch_size=BATCH, seed=0, max_steps=EAGER_STEPS)
 
     record(benchmark, "eager loop (notes)", EAGER_STEPS, rounds=3, target=target)
+
+
+# fastcustom.fit on the notes' model with one part changed: (activation, optimizer, the
+# Huber metric or none, steps per loop iteration or None for the default).
+ANATOMY = {"as benchmarked above": ("selu", "nadam", True, None),
+           "one step per loop iteration": ("selu", "nadam", True, 1),
+           "tanh instead of selu": ("tanh", "nadam", True, None),
+           "SGD instead of Nadam": ("selu", "sgd", True, None),
+           "no metric": ("selu", "nadam", False, None),
+           "tanh, SGD, no metric": ("tanh", "sgd", False, None)}
+
+
+def anatomy_variant(activation, optimizer, with_metric, per_iteration):
+    """A fit of EPOCHS_PER_ROUND epochs of one ANATOMY variant, compiled, ready to time."""
+    x, y = regression_data()
+    model = notes_model(activation)
+    kwargs = dict(loss=fastcustom.HuberLoss(), optimizer=keras.optimizers.get(optimizer),
+                  metrics=[fastcustom.HuberMetric()] if with_metric else [],
+                  batch_size=BATCH, seed=0, verbose=0)
+    if per_iteration:  # build the loop (0 epochs), then pin its unrolling
+        fastcustom.fit(model, x, y, epochs=0, **kwargs)
+        model._fastcustom_training_loop[1].steps_per_iteration = lambda batch_size: per_iteration
+
+    def target():
+        fastcustom.fit(model, x, y, epochs=EPOCHS_PER_ROUND, **kwargs)
+
+    target()  # trace and compile
+    return target
+
+
+def test_fastcustom_fit_step_anatomy(benchmark):
+    """Where the compiled step's time goes: fastcustom.fit with one part changed at a time.
+
+    The variants run interleaved (one round of each, in turn, 15 times), so a
+    slow spell of the machine hits them all alike; `extra_info["anatomy"]`
+    holds each one's steps/s. Under XLA:CPU a step of this model is about 45
+    kernels: "tanh instead of selu" shows what XLA's expm1 (in its SELU)
+    costs, "SGD instead of Nadam" the optimizer's extra kernels, "one step
+    per loop iteration" what the unrolled loop saves.
+    """
+    benchmark.group = "training step anatomy"
+    targets = {name: anatomy_variant(*spec) for name, spec in ANATOMY.items()}
+    seconds = {name: [] for name in targets}
+
+    def one_round_each():
+        for name, target in targets.items():
+            start = time.perf_counter()
+            target()
+            seconds[name].append(time.perf_counter() - start)
+
+    benchmark.pedantic(one_round_each, rounds=15, iterations=1)
+    if benchmark.disabled:
+        return
+    steps = EPOCHS_PER_ROUND * STEPS_PER_EPOCH
+    per_second = {name: steps / statistics.median(times) for name, times in seconds.items()}
+    benchmark.extra_info.update({"suite": "training", "anatomy": per_second,
+                                 "xla_flags": os.environ.get("XLA_FLAGS", "")})
+    base = 1e6 / per_second["as benchmarked above"]
+    print(f"\n{'fastcustom.fit on the notes model,':44s} {'steps/s':>10s} {'us/step':>8s} "
+          f"{'us/step vs as benchmarked':>26s}")
+    for name, value in per_second.items():
+        print(f"{name:44s} {value:10,.0f} {1e6 / value:8.2f} {1e6 / value - base:+26.2f}")
 
 
 def final_losses():
