@@ -289,6 +289,36 @@ def test_gradient_agrees_with_finite_differences(rng):
         np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-7)
 
 
+@needs_ops
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64], ids=dtype_id)
+def test_second_derivatives_match_the_xla_path(rng, dtype):
+    # d/d(y_true, y_pred, weights) of <d loss/d y_pred, sin(y_pred)>, through the fused
+    # gradient op's own gradient, against autodiff of the TF-ops formula; with errors
+    # exactly at +-delta (the quadratic branch holds there) and a NaN.
+    y_true, y_pred = (rng.standard_normal((6, 5)) * 2 for _ in range(2))
+    y_pred[0, :2] = y_true[0, :2] + [0.75, -0.75]
+    y_pred[1, 2] = np.nan
+
+    def second_derivatives(per_sample):
+        variables = [tf.Variable(tf.constant(v, dtype)) for v in
+                     (y_true, y_pred, rng.standard_normal(6))]
+        true_var, pred_var, weights = variables
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                loss = tf.reduce_sum(per_sample(true_var, pred_var, 0.75) * weights)
+            slope = inner.gradient(loss, pred_var)
+            directional = tf.reduce_sum(slope * tf.sin(pred_var))
+        return [g.numpy() for g in outer.gradient(directional, variables)]
+
+    state = rng.bit_generator.state
+    fused = second_derivatives(huber.huber_per_sample)
+    rng.bit_generator.state = state  # the same weights for both
+    xla = second_derivatives(huber.huber_per_sample_tf)
+    for got, expected, name in zip(fused, xla, ("y_true", "y_pred", "weights")):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7, err_msg=name)
+    assert np.isnan(fused[1][1, 2]) and np.count_nonzero(fused[1]) > 10
+
+
 # ----------------------------------------------------------------------------
 # Runs in fresh interpreters: thread counts, and the XLA path
 # ----------------------------------------------------------------------------
