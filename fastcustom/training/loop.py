@@ -9,13 +9,13 @@ the one Keras's TF trainer takes: forward with `training=True`, the loss plus
 `model.losses`, gradients, `optimizer.apply_gradients`, the loss tracker and
 the metrics. `evaluate` does the same with `training=False` and no update.
 
-Each iteration of an XLA:CPU while loop costs a few microseconds beyond its
-steps (the runtime starts the body's kernel graph anew and fans it out over the
-intra-op threads), as much as a whole step of the notes' small model. So for a
+Each iteration of an XLA:CPU while loop costs about 4 us beyond its steps (the
+runtime starts the body's kernel graph anew and fans it out over the intra-op
+threads), a fifth of a step of the notes' small model (20 us). So for a
 small step (trainable parameters x batch size <= `SMALL_STEP`) an iteration
-runs two steps, and a second loop runs the odd last one: about 15% more steps
-per second on the notes' model, for twice the compile time, which is why
-larger models (where the fixed cost is noise) keep one step per iteration.
+runs two steps, and a second loop runs the odd last one: 10-18% more steps per
+second there (bench/RESULTS.md), for twice the compile time, which is why
+larger models, where that cost is noise, keep one step per iteration.
 
 Compilation: with `jit_compile="auto"` the loop is compiled with XLA; if XLA
 cannot compile it (a custom op without an XLA kernel: "Detected unsupported
