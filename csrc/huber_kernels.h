@@ -1,5 +1,5 @@
-// Input checks and the row layout of the Huber kernels (device-neutral; the CPU
-// kernels use them).
+// Input checks, the row layout and the outputs of the Huber kernels
+// (device-neutral: the CPU and GPU kernels start with the same Start* call).
 //
 // y_true and y_pred have one shape [..., D] (rank >= 1), seen as N rows x D
 // with 64-bit indexing; delta is a float64 scalar; the upstream gradient of
@@ -10,6 +10,7 @@
 
 #include <cstdint>
 
+#include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "tensorflow/core/platform/errors.h"
@@ -67,6 +68,33 @@ inline absl::Status GetWeightMode(const tensorflow::Tensor& weights, const RowLa
         layout.rows * layout.depth, " entries, got shape ", weights.shape().DebugString());
   }
   return absl::OkStatus();
+}
+
+// HuberPerSample: the inputs checked, the output loss [...] allocated.
+inline absl::Status StartPerSample(tensorflow::OpKernelContext* ctx, RowLayout* layout,
+                                   tensorflow::Tensor** loss) {
+  TF_RETURN_IF_ERROR(GetRowLayout(ctx->input(0), ctx->input(1), ctx->input(2), layout));
+  return ctx->allocate_output(0, layout->row_shape, loss);
+}
+
+// HuberPerSampleGrad: the inputs (and the upstream grad [...]) checked, the output
+// grad_pred [..., D] allocated.
+inline absl::Status StartPerSampleGrad(tensorflow::OpKernelContext* ctx, RowLayout* layout,
+                                       tensorflow::Tensor** grad_pred) {
+  TF_RETURN_IF_ERROR(GetRowLayout(ctx->input(0), ctx->input(1), ctx->input(2), layout));
+  TF_RETURN_IF_ERROR(CheckUpstream(ctx->input(3), *layout));
+  return ctx->allocate_output(0, ctx->input(1).shape(), grad_pred);
+}
+
+// HuberWeightedTotal: the inputs checked, the weights' mode found, the two float64
+// scalar outputs (total, count) allocated.
+inline absl::Status StartWeightedTotal(tensorflow::OpKernelContext* ctx, RowLayout* layout,
+                                       WeightMode* mode, tensorflow::Tensor** total,
+                                       tensorflow::Tensor** count) {
+  TF_RETURN_IF_ERROR(GetRowLayout(ctx->input(0), ctx->input(1), ctx->input(2), layout));
+  TF_RETURN_IF_ERROR(GetWeightMode(ctx->input(3), *layout, mode));
+  TF_RETURN_IF_ERROR(ctx->allocate_output(0, tensorflow::TensorShape({}), total));
+  return ctx->allocate_output(1, tensorflow::TensorShape({}), count);
 }
 
 }  // namespace fastcustom

@@ -360,9 +360,8 @@ class HuberPerSampleOp : public OpKernel {
     const Tensor& y_true = ctx->input(0);
     const Tensor& y_pred = ctx->input(1);
     RowLayout layout;
-    OP_REQUIRES_OK(ctx, GetRowLayout(y_true, y_pred, ctx->input(2), &layout));
     Tensor* loss = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, layout.row_shape, &loss));
+    OP_REQUIRES_OK(ctx, StartPerSample(ctx, &layout, &loss));
     const int64_t rows = layout.rows, depth = layout.depth;
     T* out = loss->flat<T>().data();
     if (depth == 0) {  // a mean over nothing: 0/0
@@ -398,10 +397,8 @@ class HuberPerSampleGradOp : public OpKernel {
     const Tensor& y_pred = ctx->input(1);
     const Tensor& grad = ctx->input(3);
     RowLayout layout;
-    OP_REQUIRES_OK(ctx, GetRowLayout(y_true, y_pred, ctx->input(2), &layout));
-    OP_REQUIRES_OK(ctx, CheckUpstream(grad, layout));
     Tensor* grad_pred = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, y_pred.shape(), &grad_pred));
+    OP_REQUIRES_OK(ctx, StartPerSampleGrad(ctx, &layout, &grad_pred));
     const int64_t depth = layout.depth, size = layout.rows * depth;
     if (size == 0) return;
     const T* t = y_true.flat<T>().data();
@@ -514,8 +511,9 @@ class HuberWeightedTotalOp : public OpKernel {
     const Tensor& weights = ctx->input(3);
     RowLayout layout;
     WeightMode mode = WeightMode::kNone;
-    OP_REQUIRES_OK(ctx, GetRowLayout(y_true, y_pred, ctx->input(2), &layout));
-    OP_REQUIRES_OK(ctx, GetWeightMode(weights, layout, &mode));
+    Tensor* total_out = nullptr;
+    Tensor* count_out = nullptr;
+    OP_REQUIRES_OK(ctx, StartWeightedTotal(ctx, &layout, &mode, &total_out, &count_out));
     const T* t = y_true.flat<T>().data();
     const T* p = y_pred.flat<T>().data();
     const T* w = weights.flat<T>().data();
@@ -525,10 +523,6 @@ class HuberWeightedTotalOp : public OpKernel {
             ? PerRowTotals(ctx, t, p, w, layout.rows, layout.depth, delta)
             : FlatTotals(ctx, t, p, mode == WeightMode::kPerElement ? w : nullptr,
                          layout.rows * layout.depth, delta);
-    Tensor* total_out = nullptr;
-    Tensor* count_out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {}, &total_out));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, {}, &count_out));
     total_out->scalar<double>()() = total;
     count_out->scalar<double>()() = count;
   }

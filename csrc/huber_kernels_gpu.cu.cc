@@ -92,9 +92,8 @@ class HuberPerSampleGpuOp : public OpKernel {
     const Tensor& y_true = ctx->input(0);
     const Tensor& y_pred = ctx->input(1);
     RowLayout in;
-    OP_REQUIRES_OK(ctx, GetRowLayout(y_true, y_pred, ctx->input(2), &in));
     Tensor* loss = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, in.row_shape, &loss));
+    OP_REQUIRES_OK(ctx, StartPerSample(ctx, &in, &loss));
     if (in.rows == 0) return;
     Tensor workspace_holder;
     void* workspace = nullptr;
@@ -118,10 +117,8 @@ class HuberPerSampleGradGpuOp : public OpKernel {
     const Tensor& y_pred = ctx->input(1);
     const Tensor& grad = ctx->input(3);
     RowLayout in;
-    OP_REQUIRES_OK(ctx, GetRowLayout(y_true, y_pred, ctx->input(2), &in));
-    OP_REQUIRES_OK(ctx, CheckUpstream(grad, in));
     Tensor* grad_pred = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, y_pred.shape(), &grad_pred));
+    OP_REQUIRES_OK(ctx, StartPerSampleGrad(ctx, &in, &grad_pred));
     if (in.rows * in.depth == 0) return;
     OP_REQUIRES_OK(ctx, CudaStatus("HuberPerSampleGrad",
                                    gpu::HuberPerSampleGrad(DeviceData<T>(y_true), DeviceData<T>(y_pred),
@@ -142,14 +139,11 @@ class HuberWeightedTotalGpuOp : public OpKernel {
     const Tensor& y_pred = ctx->input(1);
     const Tensor& weights = ctx->input(3);
     RowLayout in;
-    OP_REQUIRES_OK(ctx, GetRowLayout(y_true, y_pred, ctx->input(2), &in));
     WeightMode mode;
-    OP_REQUIRES_OK(ctx, GetWeightMode(weights, in, &mode));
-    const int64_t size = weights.NumElements();
     Tensor* total = nullptr;
     Tensor* count = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &total));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &count));
+    OP_REQUIRES_OK(ctx, StartWeightedTotal(ctx, &in, &mode, &total, &count));
+    const int64_t size = weights.NumElements();
     Tensor workspace_holder;
     void* workspace = nullptr;
     OP_REQUIRES_OK(ctx, Workspace(ctx, gpu::HuberWeightedTotalWorkspaceBytes(in.rows, in.depth),
