@@ -232,6 +232,7 @@ CHECK_SHAPES = [
 QUICK_SHAPES = [(1000, 3), (4096, 16), (999, 17), (257, 1000), (100, 20000), (3, 1000003), (0, 16), (5, 0)]
 UNALIGNED_SHAPES = [(4096, 16), (999, 17), (100, 20000)]
 OTHER_DELTA_SHAPES = [(4096, 16), (999, 17)]
+SPECIAL_SHAPES = [(8, 16), (8, 19), (6, 5000), (6, 20000)]  # with NaN and inf
 DELTA = 1.0
 
 # ----------------------------------------------------------------------------
@@ -542,7 +543,11 @@ def check_case(report, runner, dtype, values, label, repeats=3, aligned_totals=N
     return totals_bits
 
 
-def run_checks(lib, backend, dtypes, shapes, seed, verbose=False):
+def run_checks(lib, backend, dtypes, shapes, seed, verbose=False, unaligned=UNALIGNED_SHAPES,
+               other_delta=OTHER_DELTA_SHAPES, special=SPECIAL_SHAPES):
+    """Every kernel on every shape and dtype; the shapes in `unaligned` also
+    one element off alignment, those in `other_delta` with delta 0.25 and 3,
+    and `special` shapes with NaN and inf inputs."""
     rng = np.random.default_rng(seed)
     report = Report(verbose)
     for dtype in dtypes:
@@ -551,16 +556,16 @@ def run_checks(lib, backend, dtypes, shapes, seed, verbose=False):
             stored, values = random_case(rng, dtype, rows, cols)
             runner = Runner(lib, backend, dtype, stored, rows, cols)
             aligned = check_case(report, runner, dtype, values, f"[{rows},{cols}]")
-            if (rows, cols) in UNALIGNED_SHAPES:
+            if (rows, cols) in unaligned:
                 for skew in (False, True):
                     runner = Runner(lib, backend, dtype, stored, rows, cols, offset=1, skew=skew)
                     label = f"[{rows},{cols}] +1 element{' (y_pred +2)' if skew else ''}"
                     check_case(report, runner, dtype, values, label, repeats=2, aligned_totals=aligned)
-            if (rows, cols) in OTHER_DELTA_SHAPES:
+            if (rows, cols) in other_delta:
                 for delta in (0.25, 3.0):
                     check_case(report, Runner(lib, backend, dtype, stored, rows, cols, delta=delta),
                                dtype, values, f"[{rows},{cols}] delta={delta}", repeats=2)
-        for rows, cols in [(8, 16), (8, 19), (6, 5000), (6, 20000)]:
+        for rows, cols in special:
             stored, values = special_values_case(rng, dtype, rows, cols)
             check_case(report, Runner(lib, backend, dtype, stored, rows, cols), dtype, values,
                        f"[{rows},{cols}] NaN/inf", repeats=2)

@@ -42,11 +42,18 @@ constexpr int kBlock = 256;                    // threads of every main kernel
 constexpr int kUnroll = 4;                     // 16-byte chunks per thread per tile
 constexpr int kCombineBlock = 1024;            // the single block of a final combine
 constexpr int kRowBatch = 4;                   // row sets per warp step, short rows
-constexpr int64_t kMaxGridBlocks = 1 << 16;    // grid-stride kernels' grid cap
 constexpr int64_t kGroupMaxCols = 4096;        // longer rows get a block each
-constexpr int64_t kSegmentTargetBlocks = 2048;  // split long rows to about this many blocks
 constexpr int64_t kMinSegmentCols = 8192;      // ... but no segment shorter than this
+#ifndef FASTCUSTOM_CUDA_EMULATION
+constexpr int64_t kMaxGridBlocks = 1 << 16;    // grid-stride kernels' grid cap
+constexpr int64_t kSegmentTargetBlocks = 2048;  // split long rows to about this many blocks
 constexpr int64_t kMaxPartials = 8192;         // first-stage blocks of the total
+#else  // the CPU emulation (tests/cuda_emulation/): tiny grids, so that small
+       // test shapes run every grid-stride loop and split rows into segments
+constexpr int64_t kMaxGridBlocks = 3;
+constexpr int64_t kSegmentTargetBlocks = 8;
+constexpr int64_t kMaxPartials = 5;
+#endif
 constexpr int64_t kMinTile = int64_t{kBlock} * kUnroll * 2;  // double's tile
 
 __host__ __device__ __forceinline__ int64_t Min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -583,6 +590,20 @@ __global__ void __launch_bounds__(kCombineBlock)
 // ---------------------------------------------------------------------------
 // Host-side planning (shape only) and launches.
 // ---------------------------------------------------------------------------
+// Every launch goes through here: a kernel, its grid of `blocks` x `threads`
+// (no dynamic shared memory) on `stream`, its arguments converted to its
+// parameter types. Compiled by a host compiler with FASTCUSTOM_CUDA_EMULATION
+// (tests/cuda_emulation/cuda_emulation.h), the same kernels run on the CPU instead.
+template <typename... Params, typename... Args>
+void Launch(void (*kernel)(Params...), unsigned blocks, unsigned threads, cudaStream_t stream,
+            Args... args) {
+#ifndef FASTCUSTOM_CUDA_EMULATION
+  kernel<<<blocks, threads, 0, stream>>>(static_cast<Params>(args)...);
+#else
+  cuda_emulation::Launch(blocks, threads, stream, kernel, static_cast<Params>(args)...);
+#endif
+}
+
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // Null or aligned to its element type (anything else would fault on the device).
@@ -626,20 +647,20 @@ void LaunchShortRows(const T* y_true, const T* y_pred, int64_t rows, int64_t col
   const unsigned grid = GridFor(rows, (kBlock / G) * kRowBatch);
   if constexpr (G > 1) {  // one lane per row only ever has one vector
     if (cols / Elem<T>::kVec > G) {
-      PerSampleShortRowsKernel<T, G, 2><<<grid, kBlock, 0, stream>>>(y_true, y_pred, rows, cols,
-                                                                     Divisor::Of(cols), delta, out);
+      Launch(PerSampleShortRowsKernel<T, G, 2>, grid, kBlock, stream, y_true, y_pred, rows, cols,
+             Divisor::Of(cols), delta, out);
       return;
     }
   }
-  PerSampleShortRowsKernel<T, G, 1><<<grid, kBlock, 0, stream>>>(y_true, y_pred, rows, cols,
-                                                                   Divisor::Of(cols), delta, out);
+  Launch(PerSampleShortRowsKernel<T, G, 1>, grid, kBlock, stream, y_true, y_pred, rows, cols,
+         Divisor::Of(cols), delta, out);
 }
 
 template <typename T, int G>
 void LaunchGroup(const T* y_true, const T* y_pred, int64_t rows, int64_t cols, double delta,
                  bool vectorize, T* out, cudaStream_t stream) {
-  PerSampleGroupKernel<T, G><<<GridFor(rows, kBlock / G), kBlock, 0, stream>>>(
-      y_true, y_pred, rows, cols, Divisor::Of(cols), delta, vectorize, out);
+  Launch(PerSampleGroupKernel<T, G>, GridFor(rows, kBlock / G), kBlock, stream, y_true, y_pred, rows,
+         cols, Divisor::Of(cols), delta, vectorize, out);
 }
 
 }  // namespace
@@ -687,12 +708,12 @@ cudaError_t HuberPerSample(const T* y_true, const T* y_pred, int64_t rows, int64
   const SegmentPlan plan = PlanSegments(rows, cols);
   double* partials = static_cast<double*>(workspace);
   if (plan.segments > 1 && partials == nullptr) return cudaErrorInvalidValue;
-  PerSampleSegmentKernel<T><<<GridFor(rows * plan.segments, 1), kBlock, 0, stream>>>(
-      y_true, y_pred, rows, cols, Divisor::Of(cols), plan.segment_cols, plan.segments, delta, vectorize,
-      out, partials);
+  Launch(PerSampleSegmentKernel<T>, GridFor(rows * plan.segments, 1), kBlock, stream, y_true, y_pred,
+         rows, cols, Divisor::Of(cols), plan.segment_cols, plan.segments, delta, vectorize, out,
+         partials);
   if (plan.segments > 1) {
-    CombineSegmentsKernel<T><<<GridFor(rows, kBlock), kBlock, 0, stream>>>(partials, rows, plan.segments,
-                                                                          Divisor::Of(cols), out);
+    Launch(CombineSegmentsKernel<T>, GridFor(rows, kBlock), kBlock, stream, partials, rows,
+           plan.segments, Divisor::Of(cols), out);
   }
   return cudaGetLastError();
 }
@@ -711,11 +732,11 @@ cudaError_t HuberPerSampleGrad(const T* y_true, const T* y_pred, const T* grad, 
   const int64_t tile = int64_t{kBlock} * kUnroll * Elem<T>::kVec;
   const unsigned grid = GridFor(n, tile);
   if (Aligned16(y_true) && Aligned16(y_pred) && Aligned16(grad_pred)) {
-    PerSampleGradKernel<T, true><<<grid, kBlock, 0, stream>>>(y_true, y_pred, grad, n, Divisor::Of(cols),
-                                                              delta, grad_pred);
+    Launch(PerSampleGradKernel<T, true>, grid, kBlock, stream, y_true, y_pred, grad, n,
+           Divisor::Of(cols), delta, grad_pred);
   } else {
-    PerSampleGradKernel<T, false><<<grid, kBlock, 0, stream>>>(y_true, y_pred, grad, n, Divisor::Of(cols),
-                                                               delta, grad_pred);
+    Launch(PerSampleGradKernel<T, false>, grid, kBlock, stream, y_true, y_pred, grad, n,
+           Divisor::Of(cols), delta, grad_pred);
   }
   return cudaGetLastError();
 }
@@ -733,11 +754,11 @@ void LaunchTotalPartials(const T* y_true, const T* y_pred, const T* weights, int
   const bool vectorized = Aligned16(y_true) && Aligned16(y_pred) &&
                           (kMode != kElementWeights || Aligned16(weights));
   if (vectorized) {
-    WeightedTotalPartialsKernel<T, kMode, true><<<grid, kBlock, 0, stream>>>(
-        y_true, y_pred, weights, n, Divisor::Of(cols), delta, partials);
+    Launch(WeightedTotalPartialsKernel<T, kMode, true>, grid, kBlock, stream, y_true, y_pred, weights,
+           n, Divisor::Of(cols), delta, partials);
   } else {
-    WeightedTotalPartialsKernel<T, kMode, false><<<grid, kBlock, 0, stream>>>(
-        y_true, y_pred, weights, n, Divisor::Of(cols), delta, partials);
+    Launch(WeightedTotalPartialsKernel<T, kMode, false>, grid, kBlock, stream, y_true, y_pred, weights,
+           n, Divisor::Of(cols), delta, partials);
   }
 }
 
@@ -770,7 +791,7 @@ cudaError_t HuberWeightedTotal(const T* y_true, const T* y_pred, const T* weight
       LaunchTotalPartials<T, kRowWeights>(y_true, y_pred, weights, n, cols, delta, grid, partials, stream);
     }
   }
-  CombineTotalsKernel<<<1, kCombineBlock, 0, stream>>>(partials, num_partials, total, count);
+  Launch(CombineTotalsKernel, 1, kCombineBlock, stream, partials, num_partials, total, count);
   return cudaGetLastError();
 }
 
