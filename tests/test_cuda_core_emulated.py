@@ -14,7 +14,9 @@ NaN/inf, inputs off 16-byte alignment and bit-identical repeats. The emulation
 builds the core with tiny grid caps (3 blocks, 5 partials, 8 row segments), so
 these small shapes go through every grid-stride loop and both stages of every
 reduction. Every load is checked against the buffers' bounds; every buffer is
-fenced by guard bytes that must survive each call.
+fenced by guard bytes that must survive each call. The rest of what
+bench/gpu/run.sh does on a GPU (checks at scale, the bandwidth table) runs
+here too, on small shapes, so that its one GPU run is not lost to a bug there.
 
 Tolerances are the harness's: float32 outputs 1e-6 relative, float64 1e-12,
 float16/bfloat16 1e-3 (+ 2^-8 for bfloat16 outputs, its own rounding); totals
@@ -24,12 +26,15 @@ Skipped where g++ or the CUDA headers are missing, unless
 FASTCUSTOM_REQUIRE_NVCC=1 (CI), which makes that a failure.
 """
 
+import contextlib
 import ctypes
+import io
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+import time
 import weakref
 
 import numpy as np
@@ -170,6 +175,23 @@ class HostBackend:
     def release(self):
         pass
 
+    def timer(self):
+        return _HostTimer()
+
+
+class _HostTimer:
+    """harness's CUDA-event timer, as a host clock (the emulation is synchronous)."""
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.end = time.perf_counter()
+
+    def ms(self):
+        return (self.end - self.start) * 1e3
+
 
 @pytest.fixture(scope="module")
 def emulated(emulated_library):
@@ -184,6 +206,28 @@ def test_emulated_core_matches_the_float64_reference(emulated, dtype, rng):
     assert not report.failures, "\n".join(report.failures)
     # Every kernel of every check: 15 shapes, their variants and 4 NaN/inf cases.
     assert report.passed == 5 * (len(SHAPES) + 2 * len(UNALIGNED) + 2 * len(OTHER_DELTA) + 4)
+
+
+def test_the_gpu_run_after_the_checks_works_on_the_emulation(emulated, rng):
+    """run.sh's other steps, on small shapes: the checks at scale and the bandwidth table.
+
+    Their numbers mean nothing here; this is so that a bug in them cannot cost a GPU run.
+    """
+    lib, backend = emulated
+    f32 = harness.DTYPES["float32"]
+    report = harness.Report()
+    harness.check_at_scale(report, lib, backend, f32, 512, 16, int(rng.integers(2**31)))
+    assert report.passed == 2 and not report.failures, report.failures
+    shapes = [(64, 16), (3, 20000)]
+    copy_gbs, table = harness.run_bench(lib, backend, [f32], shapes, reps=2, seed=0, sets=2,
+                                        copy_bytes=1 << 16)
+    assert [(row[0], row[2]) for row in table] == [
+        (kernel, f"[{r},{c}]") for r, c in shapes for kernel in harness.BENCH_KERNELS]
+    assert copy_gbs > 0 and all(ms > 0 and gbs > 0 for _, _, _, ms, gbs, _ in table)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        harness.print_table(copy_gbs, table)
+    assert printed.getvalue().count("| float32 |") == len(table)
 
 
 def test_emulation_fails_a_load_out_of_bounds(emulated):
