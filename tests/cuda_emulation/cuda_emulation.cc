@@ -31,12 +31,13 @@ enum class State { kReady, kAtShuffle, kAtSyncThreads, kExited };
 struct Thread {
   ucontext_t context;
   State state;
+  unsigned shuffles;  // shuffles done: their parity picks the exchange buffer
 };
 
 // The block being run.
 struct Block {
   std::vector<Thread> threads;
-  std::vector<uint64_t> exchange;  // each thread's value of the current shuffle
+  std::vector<uint64_t> exchange[2];  // each thread's value of a shuffle, by its parity
   const std::function<void()>* body = nullptr;
   ucontext_t scheduler;
   unsigned current = 0;
@@ -140,7 +141,7 @@ cudaError_t RunGrid(unsigned blocks, unsigned threads, const std::function<void(
   while (stacks.size() < threads) stacks.emplace_back(new char[kStackBytes]);
   Block block;
   block.threads.resize(threads);
-  block.exchange.resize(threads);
+  for (auto& values : block.exchange) values.resize(threads);
   block.body = &body;
   running = &block;
   gridDim = dim3(blocks, 1, 1);
@@ -150,6 +151,7 @@ cudaError_t RunGrid(unsigned blocks, unsigned threads, const std::function<void(
     for (unsigned t = 0; t < threads; ++t) {
       Thread& thread = block.threads[t];
       thread.state = State::kReady;
+      thread.shuffles = 0;
       getcontext(&thread.context);
       thread.context.uc_stack.ss_sp = stacks[t].get();
       thread.context.uc_stack.ss_size = kStackBytes;
@@ -179,11 +181,12 @@ void SyncThreads() { Wait(State::kAtSyncThreads); }
 uint64_t WarpExchange(unsigned mask, uint64_t bits, int src_lane) {
   if (mask != 0xffffffffu) Fail(cudaErrorLaunchFailure, "a shuffle with a partial lane mask");
   const unsigned me = running->current, warp_base = me / kWarp * kWarp;
-  running->exchange[me] = bits;
+  // Two buffers by parity: a lane can only write this buffer again two shuffles
+  // on, after every lane of the warp has passed the next one, so has read this.
+  std::vector<uint64_t>& values = running->exchange[Current().shuffles++ % 2];
+  values[me] = bits;
   Wait(State::kAtShuffle);  // every lane has written its value
-  const uint64_t value = running->exchange[warp_base + static_cast<unsigned>(src_lane)];
-  Wait(State::kAtShuffle);  // every lane has read before the next exchange writes
-  return value;
+  return values[warp_base + static_cast<unsigned>(src_lane)];
 }
 
 cudaError_t TakeLastError() {
