@@ -176,21 +176,17 @@ class HostBackend:
         pass
 
     def timer(self):
-        return _HostTimer()
+        return harness.EventTimer(_HostEvent(), _HostEvent(), lambda start, end: (end.at - start.at) * 1e3)
 
 
-class _HostTimer:
-    """harness's CUDA-event timer, as a host clock (the emulation is synchronous)."""
+class _HostEvent:
+    """A CUDA event's record/synchronize, as a host clock (the emulation is synchronous)."""
 
-    def __enter__(self):
-        self.start = time.perf_counter()
-        return self
+    def record(self):
+        self.at = time.perf_counter()
 
-    def __exit__(self, *exc):
-        self.end = time.perf_counter()
-
-    def ms(self):
-        return (self.end - self.start) * 1e3
+    def synchronize(self):
+        pass
 
 
 @pytest.fixture(scope="module")

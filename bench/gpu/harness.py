@@ -247,6 +247,28 @@ class DeviceBuffer:
         self.owner, self.ptr, self.nbytes = owner, ptr, nbytes
 
 
+class EventTimer:
+    """`with backend.timer() as t: ...; t.ms()`: the region between two device events.
+
+    start and end have record() and synchronize(); elapsed_ms(start, end) reads
+    the milliseconds between them once end has completed.
+    """
+
+    def __init__(self, start, end, elapsed_ms):
+        self.start, self.end, self.elapsed_ms = start, end, elapsed_ms
+
+    def __enter__(self):
+        self.start.record()
+        return self
+
+    def __exit__(self, *exc):
+        self.end.record()
+        self.end.synchronize()
+
+    def ms(self):
+        return self.elapsed_ms(self.start, self.end)
+
+
 class CupyBackend:
     name = "cupy"
 
@@ -280,24 +302,7 @@ class CupyBackend:
         self.cp.cuda.Device().synchronize()
 
     def timer(self):
-        cp = self.cp
-
-        class Timer:
-            def __init__(self):
-                self.start, self.end = cp.cuda.Event(), cp.cuda.Event()
-
-            def __enter__(self):
-                self.start.record()
-                return self
-
-            def __exit__(self, *exc):
-                self.end.record()
-                self.end.synchronize()
-
-            def ms(self):
-                return cp.cuda.get_elapsed_time(self.start, self.end)
-
-        return Timer()
+        return EventTimer(self.cp.cuda.Event(), self.cp.cuda.Event(), self.cp.cuda.get_elapsed_time)
 
     def release(self):
         self.cp.get_default_memory_pool().free_all_blocks()
@@ -338,25 +343,9 @@ class TorchBackend:
         self.torch.cuda.synchronize()
 
     def timer(self):
-        torch = self.torch
-
-        class Timer:
-            def __init__(self):
-                self.start = torch.cuda.Event(enable_timing=True)
-                self.end = torch.cuda.Event(enable_timing=True)
-
-            def __enter__(self):
-                self.start.record()
-                return self
-
-            def __exit__(self, *exc):
-                self.end.record()
-                self.end.synchronize()
-
-            def ms(self):
-                return self.start.elapsed_time(self.end)
-
-        return Timer()
+        event = self.torch.cuda.Event
+        return EventTimer(event(enable_timing=True), event(enable_timing=True),
+                          lambda start, end: start.elapsed_time(end))
 
     def release(self):
         self.torch.cuda.empty_cache()
