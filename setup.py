@@ -94,6 +94,15 @@ def _find_cuda():
     return nvcc, home
 
 
+def _cuda_static_runtime(home):
+    """The toolkit's static CUDA runtime, libcudart_static.a."""
+    for lib in ("lib64", "lib"):
+        path = os.path.join(home, lib, "libcudart_static.a")
+        if os.path.isfile(path):
+            return path
+    raise BuildError(f"libcudart_static.a not found in the CUDA toolkit {home}")
+
+
 def _cuda_plan(tf_config):
     """(nvcc, CUDA home) when the CUDA kernels are to be compiled, else None."""
     wanted = _flag("FASTCUSTOM_CUDA", None)
@@ -142,10 +151,14 @@ def build_op_library(output, build_temp):
         objects.append(obj)
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         list(pool.map(_run, commands))
-    link = [cxx, "-shared", *objects, "-o", output, *tf_config["lflags"]]
-    if cuda:
-        cuda_lib = os.path.join(cuda[1], "lib64")
-        link += [f"-L{cuda_lib}", "-lcudart", f"-Wl,-rpath,{cuda_lib}"]
+    # The CUDA runtime is linked in, before TensorFlow, with its symbols hidden, so
+    # the kernels always run on the runtime of the toolkit that compiled them. Left
+    # to `-lcudart` after TensorFlow's flags, a CUDA build of TensorFlow would supply
+    # `__cudaRegisterFatBinary` & co. from its own stub (its CUDA 12 runtime), and
+    # tensorflow-cpu could not load the library at all (undefined symbol).
+    runtime = [_cuda_static_runtime(cuda[1]), "-Wl,--exclude-libs,libcudart_static.a", "-ldl", "-lrt",
+               "-lpthread"] if cuda else []
+    link = [cxx, "-shared", *objects, *runtime, "-o", output, *tf_config["lflags"]]
     os.makedirs(os.path.dirname(output), exist_ok=True)
     _run(link)
     return tf_config["version"], bool(cuda)

@@ -1,0 +1,84 @@
+"""setup.py's CUDA build of the op library (`FASTCUSTOM_CUDA=1`), checked without a GPU.
+
+The build compiles the TensorFlow GPU kernels (csrc/huber_kernels_gpu.cu.cc) and
+the CUDA core with nvcc next to the CPU kernels, and links the toolkit's CUDA
+runtime in statically with its symbols hidden. The library must then
+
+* carry its own CUDA runtime: no `__cuda*` / `cuda*` symbol left for the dynamic
+  loader and no libcudart among its dependencies. Otherwise a CUDA build of
+  TensorFlow, which exports a CUDA runtime stub of its own (CUDA 12), would run
+  kernels compiled by this toolkit, and tensorflow-cpu could not load the
+  library (`undefined symbol: __cudaPushCallConfiguration`);
+* load in the installed TensorFlow and report its GPU kernels (`gpu: True`);
+* compute on the CPU exactly what the CPU-only build computes: the same bits for
+  every op and dtype (test_ops_huber's HASH_SCRIPT, run with each library).
+
+Skipped where nvcc is missing, unless FASTCUSTOM_REQUIRE_NVCC=1 (CI).
+"""
+
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from fastcustom.ops import library
+from test_ops_huber import HASH_SCRIPT, needs_ops, run_scripts
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STATUS_SCRIPT = "import json; from fastcustom.ops import library; print(json.dumps(library.status()))"
+
+
+def _nvcc():
+    for candidate in (os.environ.get("NVCC"), shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def cuda_library(tmp_path_factory):
+    """The op library built by `FASTCUSTOM_CUDA=1 python setup.py build_ext` into a temp folder."""
+    if _nvcc() is None:
+        if os.environ.get("FASTCUSTOM_REQUIRE_NVCC") == "1":
+            pytest.fail("nvcc not found (NVCC, PATH, /usr/local/cuda/bin), and FASTCUSTOM_REQUIRE_NVCC=1")
+        pytest.skip("nvcc not found")
+    build = tmp_path_factory.mktemp("cuda_build")
+    env = dict(os.environ, FASTCUSTOM_CUDA="1", NVCC=_nvcc())
+    result = subprocess.run([sys.executable, "setup.py", "build_ext", "-b", str(build / "lib"),
+                             "-t", str(build / "tmp")], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=1200)
+    log = result.stdout + result.stderr
+    path = build / "lib" / "fastcustom" / "ops" / library.LIBRARY_NAME
+    assert result.returncode == 0 and path.exists(), f"the CUDA build failed:\n{log[-6000:]}"
+    assert "with CUDA kernels" in log, log[-6000:]
+    return path
+
+
+def _dynamic(path, tool, *args):
+    return subprocess.run([tool, *args, str(path)], check=True, capture_output=True, text=True).stdout
+
+
+def test_carries_its_own_cuda_runtime(cuda_library):
+    undefined = _dynamic(cuda_library, "nm", "-D", "--undefined-only").split()
+    assert not [s for s in undefined if re.match(r"_*cuda", s)], "CUDA runtime symbols left undefined"
+    exported = _dynamic(cuda_library, "nm", "-D", "--defined-only").split()
+    assert not [s for s in exported if re.match(r"_*cuda", s)], "the CUDA runtime's symbols are exported"
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.*?)\]", _dynamic(cuda_library, "readelf", "-d"))
+    assert "libtensorflow_framework.so.2" in needed
+    assert not [n for n in needed if "cudart" in n], needed
+
+
+@needs_ops
+def test_loads_and_computes_the_same_bits_on_the_cpu(cuda_library):
+    env = {"FASTCUSTOM_OPS_LIBRARY": str(cuda_library)}
+    status, cuda_bits, cpu_bits = run_scripts((STATUS_SCRIPT, [], env), (HASH_SCRIPT, ["2"], env),
+                                              (HASH_SCRIPT, ["2"], {}))
+    assert status["path"] == "fused-op", status["reason"]
+    assert status["gpu"] is True and status["library"] == str(cuda_library)
+    assert status["dtypes"] == ["bfloat16", "float16", "float32", "float64"]
+    assert cuda_bits == cpu_bits, ("the CUDA build's CPU kernels differ from the CPU-only build's "
+                                   f"({library.library_path()}; were both built with the same flags?)")
