@@ -60,33 +60,7 @@ if [[ -n "$cuobjdump_bin" ]]; then
   elves=$("$cuobjdump_bin" --list-elf "$tmp/huber_cuda.o")
 else
   echo "cuda_compile: cuobjdump not found; reading the .nv_fatbin section directly"
-  elves=$(python3 - "$tmp/huber_cuda.o" <<'PY'
-import struct, sys
-data = open(sys.argv[1], "rb").read()
-shoff = struct.unpack_from("<Q", data, 0x28)[0]
-entsize, count, names_index = struct.unpack_from("<HHH", data, 0x3A)
-sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * entsize) for i in range(count)]
-names_offset = sections[names_index][4]
-def name(off):
-    return data[names_offset + off: data.index(b"\0", names_offset + off)].decode()
-for sec in sections:
-    if name(sec[0]) != ".nv_fatbin":
-        continue
-    blob, pos = data[sec[4]: sec[4] + sec[5]], 0
-    while pos + 16 <= len(blob):       # fatbin containers, one after another
-        magic, _, header, size = struct.unpack_from("<IHHQ", blob, pos)
-        if magic != 0xBA55ED50:
-            pos += 8
-            continue
-        entry, end = pos + header, pos + header + size
-        while entry < end:              # entries: kind 1 = PTX, 2 = ELF; arch at +28
-            kind, _, entry_header, payload = struct.unpack_from("<HHIQ", blob, entry)
-            arch = struct.unpack_from("<I", blob, entry + 28)[0]
-            print(f"{'ELF' if kind == 2 else 'PTX'} file: sm_{arch}")
-            entry += entry_header + payload
-        pos = end
-PY
-)
+  elves=$(python3 .ci/fatbin_archs.py "$tmp/huber_cuda.o")
 fi
 echo "$elves" | sed 's/^/cuda_compile:   /'
 if ! grep -q 'ELF.*sm_90' <<<"$elves"; then

@@ -4,6 +4,8 @@ The build compiles the TensorFlow GPU kernels (csrc/huber_kernels_gpu.cu.cc) and
 the CUDA core with nvcc next to the CPU kernels, and links the toolkit's CUDA
 runtime in statically with its symbols hidden. The library must then
 
+* hold machine code for sm_80 and sm_90 and PTX for compute_90 (setup.py's
+  CUDA_ARCHS), read from its .nv_fatbin section;
 * carry its own CUDA runtime: no `__cuda*` / `cuda*` symbol left for the dynamic
   loader and no libcudart among its dependencies. Otherwise a CUDA build of
   TensorFlow, which exports a CUDA runtime stub of its own (CUDA 12), would run
@@ -29,6 +31,9 @@ from fastcustom.ops import library
 from test_ops_huber import HASH_SCRIPT, needs_ops, run_scripts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / ".ci"))
+from fatbin_archs import fatbin_entries  # noqa: E402
+
 STATUS_SCRIPT = "import json; from fastcustom.ops import library; print(json.dumps(library.status()))"
 
 
@@ -60,6 +65,10 @@ def cuda_library(tmp_path_factory):
 
 def _dynamic(path, tool, *args):
     return subprocess.run([tool, *args, str(path)], check=True, capture_output=True, text=True).stdout
+
+
+def test_holds_sm80_sm90_machine_code_and_ptx(cuda_library):
+    assert {("ELF", 80), ("ELF", 90), ("PTX", 90)} <= set(fatbin_entries(cuda_library))
 
 
 def test_carries_its_own_cuda_runtime(cuda_library):
