@@ -320,6 +320,43 @@ def test_second_derivatives_match_the_xla_path(rng, dtype):
 
 
 # ----------------------------------------------------------------------------
+# Where the fused op is taken
+# ----------------------------------------------------------------------------
+def fused_in_graph(fn, *args):
+    """Whether tracing `fn` put a FastCustom op in its graph (not the XLA path's call)."""
+    graph = tf.function(fn).get_concrete_function(*args).graph
+    return any(op.type.startswith("FastCustom>") for op in graph.get_operations())
+
+
+@needs_ops
+@pytest.mark.parametrize("gpu_kernels", [False, True], ids=["cpu-only-library", "cuda-library"])
+@pytest.mark.parametrize("sees_gpu", [False, True], ids=["no-gpu", "gpu-visible"])
+def test_fused_op_only_where_the_library_has_kernels(monkeypatch, rng, gpu_kernels, sees_gpu):
+    # As if the library had (not) been built with CUDA kernels and TF saw (no) GPU.
+    monkeypatch.setattr(library, "_loaded", (OPS, dict(library.status(), gpu=gpu_kernels)))
+    monkeypatch.setattr(huber, "_tensorflow_sees_a_gpu", lambda: sees_gpu)
+    y_true, y_pred = make_pair(rng, (16, 4), tf.float32)
+
+    def unplaced(y_true, y_pred):
+        return huber.huber_per_sample(y_true, y_pred), huber.huber_weighted_total(y_true, y_pred)
+
+    def on_cpu(y_true, y_pred):
+        with tf.device("/CPU:0"):
+            return unplaced(tf.identity(y_true), tf.identity(y_pred))
+
+    # Unplaced graph tensors go wherever TF puts the op: on a visible GPU, where a
+    # CPU-only library would have TF copy them to the host and back, so XLA takes them.
+    assert fused_in_graph(unplaced, y_true, y_pred) == (gpu_kernels or not sees_gpu)
+    assert fused_in_graph(on_cpu, y_true, y_pred)
+    assert huber._fused_ops_for(y_pred) is OPS  # eager tensors on the CPU
+    for fn in (unplaced, on_cpu):
+        per_sample, (total, count) = tf.function(fn)(y_true, y_pred)
+        expected = reference.huber(f64(y_true), f64(y_pred))
+        np.testing.assert_allclose(per_sample.numpy(), expected, rtol=MEAN_RTOL[tf.float32])
+        np.testing.assert_allclose(total.numpy() / count.numpy(), expected.mean(), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------
 # Runs in fresh interpreters: thread counts, and the XLA path
 # ----------------------------------------------------------------------------
 HASH_SCRIPT = textwrap.dedent("""

@@ -9,13 +9,18 @@ convention); `huber_weighted_total` is (sum of w * h, sum of w) in float64 for
 the streaming metric. Each one picks, in this order:
 
 1. inside an XLA compilation: plain TF ops that XLA fuses;
-2. the fused custom op, when its library is loaded and supports the input;
+2. the fused custom op, when its library is loaded and supports the input, and
+   the op runs where the library has kernels: a library built without CUDA
+   kernels takes only tensors that run on the CPU (placed there, or not placed
+   while TensorFlow sees no GPU), not ones TensorFlow would copy from a GPU;
 3. otherwise the same TF ops compiled with XLA as a `tf.function`.
 
 >>> import tensorflow as tf
 >>> round(float(huber_per_sample(tf.constant([[0.0, 1.0]]), tf.constant([[0.6, 0.4]]), 1.0)[0]), 6)
 0.18
 """
+
+import functools
 
 import keras
 import tensorflow as tf
@@ -78,9 +83,23 @@ def _fused_ops_for(tensor):
     ops = library.huber_ops()
     if ops is None or in_xla_context() or tensor.dtype not in _OP_DTYPES:
         return None
-    if "GPU" in (getattr(tensor, "device", "") or "") and not library.status()["gpu"]:
+    if not (library.status()["gpu"] or _runs_on_cpu(tensor)):
         return None
     return ops
+
+
+def _runs_on_cpu(tensor):
+    """Whether an op on `tensor` runs on the CPU: placed there, or unplaced (a graph
+    tensor outside any device scope) while TensorFlow sees no GPU to place it on."""
+    device_type = tf.DeviceSpec.from_string(getattr(tensor, "device", "") or "").device_type
+    if device_type:
+        return device_type == "CPU"
+    return not _tensorflow_sees_a_gpu()
+
+
+@functools.cache
+def _tensorflow_sees_a_gpu():
+    return bool(tf.config.list_logical_devices("GPU"))
 
 
 def _accumulation_dtype(dtype):
