@@ -16,7 +16,6 @@ import sys
 import textwrap
 import types
 import warnings
-import zlib
 
 import numpy as np
 import pytest
@@ -54,12 +53,6 @@ ELEMENT_ATOL = {tf.float16: 2.0**-24, tf.bfloat16: 0.0, tf.float32: 0.0, tf.floa
 SHAPES = [(1, 1), (0, 4), (4, 0), (7,), (5, 1), (33, 3), (300, 16), (41, 8), (9, 17),
           (2, 3, 8), (2, 2, 3, 5), (2, 1_000_003)]
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastcustom.__file__)))
-
-
-@pytest.fixture
-def rng(request):
-    """Fresh random data per test, the same on every run."""
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 def f64(x):
