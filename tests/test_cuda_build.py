@@ -13,7 +13,10 @@ runtime in statically with its symbols hidden. The library must then
   library (`undefined symbol: __cudaPushCallConfiguration`);
 * load in the installed TensorFlow and report its GPU kernels (`gpu: True`);
 * compute on the CPU exactly what the CPU-only build computes: the same bits for
-  every op and dtype (test_ops_huber's HASH_SCRIPT, run with each library).
+  every op and dtype (test_ops_huber's HASH_SCRIPT, run with each library);
+* where TensorFlow sees a GPU but the GPU kernels cannot run there (here: no GPU
+  behind the one the loader is told of, so TensorFlow runs the call on the CPU),
+  warn once and report `gpu: False`, keeping its CPU kernels.
 
 Skipped where nvcc is missing, unless FASTCUSTOM_REQUIRE_NVCC=1 (CI).
 """
@@ -35,6 +38,17 @@ sys.path.insert(0, str(ROOT / ".ci"))
 from fatbin_archs import fatbin_entries  # noqa: E402
 
 STATUS_SCRIPT = "import json; from fastcustom.ops import library; print(json.dumps(library.status()))"
+# The loader as on a GPU machine: TensorFlow says it sees a GPU (it has none here).
+FAKE_GPU_STATUS_SCRIPT = """
+import json, warnings
+from fastcustom.ops import library
+library.tensorflow_sees_a_gpu = lambda: True
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    status = library.status()
+    library.huber_ops()
+print(json.dumps(dict(status, warnings=[str(w.message) for w in caught])))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +95,12 @@ def test_loads_and_computes_the_same_bits_on_the_cpu(cuda_library):
     assert status["dtypes"] == ["bfloat16", "float16", "float32", "float64"]
     assert cuda_bits == cpu_bits, ("the CUDA build's CPU kernels differ from the CPU-only build's "
                                    f"({library.library_path()}; were both built with the same flags?)")
+
+
+@needs_ops
+def test_gpu_kernels_that_fail_their_first_call_are_not_used(cuda_library):
+    (status,) = run_scripts((FAKE_GPU_STATUS_SCRIPT, [], {"FASTCUSTOM_OPS_LIBRARY": str(cuda_library)}))
+    assert status["path"] == "fused-op" and status["gpu"] is False, status
+    assert "GPU kernels unusable" in status["reason"] and "not on GPU:0" in status["reason"]
+    (warning,) = status["warnings"]
+    assert "take the XLA path" in warning and "not on GPU:0" in warning

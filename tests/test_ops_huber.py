@@ -327,7 +327,7 @@ def fused_in_graph(fn, *args):
 def test_fused_op_only_where_the_library_has_kernels(monkeypatch, rng, gpu_kernels, sees_gpu):
     # As if the library had (not) been built with CUDA kernels and TF saw (no) GPU.
     monkeypatch.setattr(library, "_loaded", (OPS, dict(library.status(), gpu=gpu_kernels)))
-    monkeypatch.setattr(huber, "_tensorflow_sees_a_gpu", lambda: sees_gpu)
+    monkeypatch.setattr(library, "tensorflow_sees_a_gpu", lambda: sees_gpu)
     y_true, y_pred = make_pair(rng, (16, 4), tf.float32)
 
     def unplaced(y_true, y_pred):
@@ -485,6 +485,19 @@ def test_first_load_inside_a_traced_function(fresh_loader):
 
     np.testing.assert_allclose(traced().numpy(), [0.5, 0.5])
     assert library.status()["path"] == "fused-op"
+
+
+@needs_ops
+@pytest.mark.parametrize("sees_gpu", [False, True], ids=["no-gpu", "gpu-visible"])
+def test_a_library_without_gpu_kernels_is_not_tried_on_a_gpu(fresh_loader, sees_gpu):
+    if library.status()["gpu"]:
+        pytest.skip("this build has CUDA kernels (test_cuda_build tries those)")
+    fresh_loader.setattr(library, "tensorflow_sees_a_gpu", lambda: sees_gpu)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        status = library.status()
+    assert status["path"] == "fused-op" and status["gpu"] is False
+    assert status["reason"] == "op library loaded"
 
 
 @needs_ops

@@ -20,8 +20,6 @@ the streaming metric. Each one picks, in this order:
 0.18
 """
 
-import functools
-
 import keras
 import tensorflow as tf
 
@@ -94,12 +92,7 @@ def _runs_on_cpu(tensor):
     device_type = tf.DeviceSpec.from_string(getattr(tensor, "device", "") or "").device_type
     if device_type:
         return device_type == "CPU"
-    return not _tensorflow_sees_a_gpu()
-
-
-@functools.cache
-def _tensorflow_sees_a_gpu():
-    return bool(tf.config.list_logical_devices("GPU"))
+    return not library.tensorflow_sees_a_gpu()
 
 
 def _accumulation_dtype(dtype):

@@ -5,12 +5,17 @@ The library (`_huber_ops.so` next to this module, built by setup.py) holds
 h(e) = e^2/2 if |e| <= delta else delta |e| - delta^2/2), its fused gradient
 and `FastCustom>HuberWeightedTotal`. When it is missing or fails to load (a
 library built for another TensorFlow, say), `huber_ops()` warns once with the
-reason and returns None, and dispatch takes the XLA path.
+reason and returns None, and dispatch takes the XLA path. A library with CUDA
+kernels is also tried once on the first GPU TensorFlow sees; when that call fails
+(a driver older than the CUDA toolkit that built it, a GPU its fatbin has no code
+for) it warns once and reports `gpu: False`, so that tensors on a GPU take the
+XLA path while the CPU kernels stay in use.
 
 Environment: FASTCUSTOM_DISABLE_OPS=1 forces the XLA path (no warning);
 FASTCUSTOM_OPS_LIBRARY=path loads that file instead of the built one.
 """
 
+import functools
 import os
 import threading
 import types
@@ -80,7 +85,28 @@ def _load():
     dtypes = sorted({tf.dtypes.as_dtype(t).name for k in registered if k.device_type == "CPU"
                      for c in k.constraint for t in c.allowed_values.list.type})
     gpu = any(k.device_type == "GPU" for k in registered)
+    failure = _gpu_failure(ops) if gpu and tensorflow_sees_a_gpu() else None
+    if failure:
+        warnings.warn(f"fastcustom: the op library's GPU kernels failed on this GPU; tensors on "
+                      f"a GPU take the XLA path: {failure}", RuntimeWarning, stacklevel=5)
+        return ops, _status("fused-op", path, f"op library loaded; GPU kernels unusable: {failure}",
+                            False, dtypes)
     return ops, _status("fused-op", path, "op library loaded", gpu, dtypes)
+
+
+@functools.cache
+def tensorflow_sees_a_gpu():
+    """Whether TensorFlow has a logical GPU to place ops on (asked once per process)."""
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def _huber_of_one(ops, device):
+    """HuberPerSample of y_true = 0, y_pred = 1 (h(1) = 0.5), run eagerly on `device`:
+    (the values, the device it ran on)."""
+    with tf.init_scope(), tf.device(device):
+        value = ops.huber_per_sample(tf.constant([[0.0]]), tf.constant([[1.0]]),
+                                     tf.constant(1.0, tf.float64))
+    return value.numpy().tolist(), value.device
 
 
 def _smoke_tested(module):
@@ -90,11 +116,23 @@ def _smoke_tested(module):
         huber_per_sample_grad=module.fast_custom_huber_per_sample_grad,
         huber_weighted_total=module.fast_custom_huber_weighted_total,
     )
-    with tf.init_scope(), tf.device("/CPU:0"):
-        value = ops.huber_per_sample([[0.0]], [[1.0]], tf.constant(1.0, tf.float64)).numpy()
-    if value.tolist() != [0.5]:
+    value, _ = _huber_of_one(ops, "/CPU:0")
+    if value != [0.5]:
         raise ValueError(f"its HuberPerSample computed h(1) = {value}, not 0.5")
     return ops
+
+
+def _gpu_failure(ops):
+    """Why the GPU kernels fail one eager call on GPU:0 (h(1) = 0.5), or None when it works."""
+    try:
+        value, device = _huber_of_one(ops, "/GPU:0")
+    except Exception as error:  # InternalError from the launch, NotFoundError, ...
+        return f"{type(error).__name__}: {error}".strip()
+    if tf.DeviceSpec.from_string(device).device_type != "GPU":
+        return f"TensorFlow ran the call on {device}, not on GPU:0"
+    if value != [0.5]:
+        return f"HuberPerSample computed h(1) = {value} on GPU:0, not 0.5"
+    return None
 
 
 def _fall_back(reason):
