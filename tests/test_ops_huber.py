@@ -349,6 +349,22 @@ def test_fused_op_only_where_the_library_has_kernels(monkeypatch, rng, gpu_kerne
         np.testing.assert_allclose(total.numpy() / count.numpy(), expected.mean(), rtol=1e-5)
 
 
+@needs_ops
+def test_a_tf_function_first_traced_inside_xla_takes_the_xla_path(rng):
+    # The dispatch asks at trace time: a nested tf.function traced for the first
+    # time inside a jit_compile=True function is traced for XLA, so it compiles
+    # (with the fused op in it, the call would fail: "Detected unsupported operations").
+    @tf.function
+    def inner(y_true, y_pred):
+        return huber.huber_per_sample(y_true, y_pred), huber.huber_weighted_total(y_true, y_pred)
+
+    y_true, y_pred = make_pair(rng, (16, 4), tf.float32)
+    per_sample, (total, count) = tf.function(inner, jit_compile=True)(y_true, y_pred)
+    expected = reference.huber(f64(y_true), f64(y_pred))
+    np.testing.assert_allclose(per_sample.numpy(), expected, rtol=MEAN_RTOL[tf.float32])
+    np.testing.assert_allclose(total.numpy() / count.numpy(), expected.mean(), rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------
 # Runs in fresh interpreters: thread counts, and the XLA path
 # ----------------------------------------------------------------------------
