@@ -31,6 +31,7 @@ import ctypes
 import io
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -224,6 +225,35 @@ def test_the_gpu_run_after_the_checks_works_on_the_emulation(emulated, rng):
     with contextlib.redirect_stdout(printed):
         harness.print_table(copy_gbs, table)
     assert printed.getvalue().count("| float32 |") == len(table)
+
+
+def test_the_harness_command_runs_end_to_end_on_the_emulation(emulated, emulated_library, monkeypatch,
+                                                                capsys):
+    """`python3 harness.py --lib ... --quick` as run.sh calls it, with small shapes and a
+    small copy: the arguments, the checks, the table and the target line."""
+    lib, backend = emulated
+    monkeypatch.setattr(harness, "make_backend", lambda name: backend)
+    monkeypatch.setattr(harness, "QUICK_SHAPES", [(64, 16), (7, 17), (0, 16)])
+    monkeypatch.setattr(harness, "BENCH_SHAPES", [(256, 16), (3, 2000)])
+    monkeypatch.setattr(harness, "COPY_BYTES", 1 << 16)
+    argv = ["--lib", emulated_library, "--quick", "--dtypes", "float32,bfloat16", "--seed", "5"]
+    assert harness.main(argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\d+ passed, 0 failed$", out, re.M), out
+    assert "Device-to-device copy (cudaMemcpyAsync, 0.0625 MiB)" in out
+    for dtype in ("float32", "bfloat16"):
+        assert out.count(f"| {dtype} |") == 2 * len(harness.BENCH_KERNELS)
+    assert re.search(r"^target \(per_sample and grad at \[256,16\] >= 85% of copy\): (met|missed: .*)$",
+                     out, re.M), out
+
+
+def test_the_target_verdict():
+    shape = "[{},{}]".format(*harness.BENCH_SHAPES[0])
+    table = [("per_sample", "float32", shape, 1.0, 1.0, 90.0), ("grad", "float32", shape, 1.0, 1.0, 84.0),
+             ("grad", "float32", "[3,17]", 1.0, 1.0, 10.0)]
+    assert harness.target_verdict(table).endswith("missed: grad float32 84%")
+    assert harness.target_verdict(table[:1]).endswith(": met")
+    assert harness.target_verdict(table[2:]).endswith(": not measured")
 
 
 def test_emulation_fails_a_load_out_of_bounds(emulated):
