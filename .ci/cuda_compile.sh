@@ -53,14 +53,22 @@ echo "cuda_compile: kernel builds with spill stores: $(grep -c . <<<"$spilling" 
 [[ -z "$spilling" ]] || echo "$spilling"
 grep -q 'regs=' <<<"$report" || { echo "cuda_compile: no ptxas report found"; exit 1; }
 
-# The object must carry sm_90 machine code (ELF), not only PTX.
+# The object must carry sm_90 machine code (ELF), not only PTX. With cuobjdump,
+# .ci/fatbin_archs.py (which tests/test_cuda_build.py reads fatbins with) must
+# list the same entries.
 cuobjdump_bin=${CUOBJDUMP:-$(command -v cuobjdump || true)}
 [[ -z "$cuobjdump_bin" && -x "$(dirname "$nvcc_bin")/cuobjdump" ]] && cuobjdump_bin="$(dirname "$nvcc_bin")/cuobjdump"
+reader=$(python3 .ci/fatbin_archs.py "$tmp/huber_cuda.o" | sort)
 if [[ -n "$cuobjdump_bin" ]]; then
-  elves=$("$cuobjdump_bin" --list-elf "$tmp/huber_cuda.o")
+  elves=$("$cuobjdump_bin" --list-elf --list-ptx "$tmp/huber_cuda.o")
+  listed=$(sed -E 's/^(ELF|PTX) file +[0-9]+: .*\.(sm_[0-9]+[a-z]?)\.(cubin|ptx)$/\1 file: \2/' <<<"$elves" | sort)
+  if [[ "$listed" != "$reader" ]]; then
+    printf 'cuda_compile: .ci/fatbin_archs.py lists\n%s\nwhere cuobjdump lists\n%s\n' "$reader" "$elves"
+    exit 1
+  fi
 else
   echo "cuda_compile: cuobjdump not found; reading the .nv_fatbin section directly"
-  elves=$(python3 .ci/fatbin_archs.py "$tmp/huber_cuda.o")
+  elves=$reader
 fi
 echo "$elves" | sed 's/^/cuda_compile:   /'
 if ! grep -q 'ELF.*sm_90' <<<"$elves"; then
