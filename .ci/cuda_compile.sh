@@ -3,7 +3,8 @@
 # huber_capi.cu for sm_80 and sm_90 plus compute_90 PTX with `-Xptxas -v`,
 # prints the register/spill report per kernel, checks that the object holds
 # sm_90 machine code (cuobjdump --list-elf, or a fatbin reader when cuobjdump
-# is not installed), and links the ctypes library. Needs nvcc, not a GPU.
+# is not installed), that the vectorized kernels' machine code moves 16 bytes
+# per load (cuobjdump only), and links the ctypes library. Needs nvcc, not a GPU.
 #
 # Without nvcc it says so and exits 0, or 1 when FASTCUSTOM_REQUIRE_NVCC=1.
 # NVCC=/path/to/nvcc overrides the lookup.
@@ -74,6 +75,34 @@ echo "$elves" | sed 's/^/cuda_compile:   /'
 if ! grep -q 'ELF.*sm_90' <<<"$elves"; then
   echo "cuda_compile: no sm_90 machine code in huber_cuda.o"
   exit 1
+fi
+# nvcc's code generation, read from the machine code (cuobjdump only): every
+# kernel that walks aligned data must load 16 bytes at a time (LDG.E.128), and
+# the vectorized gradient must store 16 bytes at a time (STG.E.128). Exempt:
+# the combine kernels (a few doubles each) and the `..., false>` scalar variants.
+if [[ -n "$cuobjdump_bin" ]]; then
+  sass=$("$cuobjdump_bin" --dump-sass "$tmp/huber_cuda.o" | (c++filt 2>/dev/null || cat) | awk '
+    /code for sm_/ { arch = $NF }
+    /Function : /  { fn = $0; sub(/^.*Function : /, "", fn); anon = "(anonymous namespace)::"
+                     if (i = index(fn, anon)) fn = substr(fn, i + length(anon))
+                     sub(/\(.*$/, "", fn); key = arch " " fn; kernels[key] = 1 }
+    /LDG\.E\.128/   { loads[key]++ }
+    /STG\.E\.128/   { stores[key]++ }
+    END {
+      for (key in kernels) {
+        split(key, part, " "); fn = substr(key, length(part[1]) + 2)
+        if (fn ~ /^Combine/ || fn ~ /, false>$/) continue
+        checked[part[1]]++
+        if (!loads[key]) print "MISSING 16-byte loads:  " key
+        if (fn ~ /^PerSampleGradKernel<.*, true>$/ && !stores[key]) print "MISSING 16-byte stores: " key
+      }
+      for (arch in checked) print arch ": " checked[arch] " vectorized kernels checked"
+    }' | sort)
+  echo "$sass" | sed 's/^/cuda_compile:   /'
+  if grep -q MISSING <<<"$sass" || ! grep -q "sm_90: " <<<"$sass"; then
+    echo "cuda_compile: vectorized kernels without 16-byte memory instructions (or no sm_90 SASS read)"
+    exit 1
+  fi
 fi
 if command -v nm >/dev/null; then
   symbols=$(nm -D --defined-only "$tmp/libfastcustom_huber_cuda.so" | grep -c ' T fastcustom_huber_' || true)
