@@ -97,6 +97,9 @@ inline absl::Status StartWeightedTotal(tensorflow::OpKernelContext* ctx, RowLayo
   return ctx->allocate_output(1, tensorflow::TensorShape({}), count);
 }
 
+// The `delta` input (a float64 scalar in host memory, checked by GetRowLayout).
+inline double Delta(tensorflow::OpKernelContext* ctx) { return ctx->input(2).scalar<double>()(); }
+
 }  // namespace fastcustom
 
 #endif  // FASTCUSTOM_HUBER_KERNELS_H_

@@ -370,7 +370,7 @@ class HuberPerSampleOp : public OpKernel {
     }
     const T* t = y_true.flat<T>().data();
     const T* p = y_pred.flat<T>().data();
-    const auto delta = static_cast<Acc<T>>(ctx->input(2).scalar<double>()());
+    const auto delta = static_cast<Acc<T>>(Delta(ctx));
     const double d = static_cast<double>(depth);
     if (depth > kChunk) {
       const std::vector<double> sums = LongRowSums(ctx, t, p, rows, depth, delta);
@@ -405,7 +405,7 @@ class HuberPerSampleGradOp : public OpKernel {
     const T* p = y_pred.flat<T>().data();
     const T* g = grad.flat<T>().data();
     T* out = grad_pred->flat<T>().data();
-    const auto delta = static_cast<Acc<T>>(ctx->input(2).scalar<double>()());
+    const auto delta = static_cast<Acc<T>>(Delta(ctx));
     ForEachBlock(ctx, CeilDiv(size, kBlock), kBlock, [&](int64_t b) {
       Tile<T> tile;
       const int64_t block_end = std::min(size, (b + 1) * kBlock);
@@ -517,7 +517,7 @@ class HuberWeightedTotalOp : public OpKernel {
     const T* t = y_true.flat<T>().data();
     const T* p = y_pred.flat<T>().data();
     const T* w = weights.flat<T>().data();
-    const auto delta = static_cast<Acc<T>>(ctx->input(2).scalar<double>()());
+    const auto delta = static_cast<Acc<T>>(Delta(ctx));
     const auto [total, count] =
         mode == WeightMode::kPerRow
             ? PerRowTotals(ctx, t, p, w, layout.rows, layout.depth, delta)

@@ -64,9 +64,6 @@ typename CudaType<T>::type* DeviceData(Tensor* t) {
 
 cudaStream_t Stream(OpKernelContext* ctx) { return ctx->eigen_device<Eigen::GpuDevice>().stream(); }
 
-// The `delta` input, in host memory (checked to be a scalar by GetRowLayout).
-double Delta(OpKernelContext* ctx) { return ctx->input(2).scalar<double>()(); }
-
 absl::Status CudaStatus(const char* op, cudaError_t err) {
   if (err == cudaSuccess) return absl::OkStatus();
   return absl::InternalError(absl::StrCat(op, " CUDA launch failed: ", cudaGetErrorString(err)));
