@@ -15,13 +15,13 @@ from fastcustom.metrics import HuberMetric
 from fastcustom.models import ReconstructingRegressor
 from fastcustom.ops.library import status as path_info
 from fastcustom.regularizers import L1Regularizer
-from fastcustom.training import fit
+from fastcustom.training import accelerate, evaluate, fit, predict
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AddGaussianNoise", "Exponential", "GlorotNormalInitializer", "HuberFunction",
     "HuberLoss", "HuberMetric", "L1Regularizer", "MyDense", "MyMultiLayer",
-    "PositiveWeights", "ReconstructingRegressor", "create_huber", "fit", "huber", "path_info",
-    "softplus",
+    "PositiveWeights", "ReconstructingRegressor", "accelerate", "create_huber", "evaluate",
+    "fit", "huber", "path_info", "predict", "softplus",
 ]

@@ -1,16 +1,23 @@
-"""The training data as device-resident tensors, and each epoch's batches.
+"""The data of a `fit`, `evaluate` or `predict` call as `[steps, batch, ...]` tensors.
 
-An epoch's batches are formed once, before its first step: one `tf.gather` by
-the epoch's permutation, then a reshape of the first `steps * batch_size` rows
-into `[steps, batch_size, ...]` so that step `i` reads the contiguous slice
-`batches[i]`, plus the `n % batch_size` rows left over (the smaller last step
-`model.fit` takes too). That happens at the start of the compiled call when it
-runs the whole epoch, else in one graph call before the epoch's calls; never
-row by row inside the step loop, which is what makes such loops slow.
+Two sources, one output: chunks `(full, start, stop, tail)`, the data of
+`steps` batches stacked on a new leading axis, the steps `start .. stop - 1` of
+it to run in one compiled call, and a smaller last batch or None. The data are
+Keras's packed `(x, y, sample_weight)` tuples, as its steps take them.
 
-The batch order is the one `fastcustom.reference.training_loop` documents:
-one `np.random.default_rng(seed)` per training run, `rng.permutation(n)` per
-epoch when shuffling, `arange(n)` otherwise.
+- `ArrayData`: arrays and tensors (what Keras's `ArrayDataAdapter` takes, which
+  checks them, turns `class_weight` into sample weights and replicates one
+  `sample_weight` over several outputs), moved to the device once. An epoch's
+  batches are one `tf.gather` by its permutation and a reshape of the first
+  `steps * batch_size` rows, plus the `n % batch_size` rows left over; that
+  happens inside the compiled call when it runs the whole epoch.
+- `StreamData`: a `tf.data.Dataset`, a generator or a `keras.utils.PyDataset`,
+  through Keras's own data adapter. tf.data stacks `window` consecutive
+  batches (`padded_batch`, with each batch's row count) so that one compiled
+  call runs them; the data set is never held whole.
+
+Shuffling arrays: one `np.random.default_rng(seed)` per `fit`, `rng.permutation(n)`
+per epoch (`fastcustom.reference.training_loop` documents the same order).
 
 >>> import numpy as np
 >>> x = as_tensors(np.arange(10.0).reshape(5, 2), "x")
@@ -19,24 +26,26 @@ epoch when shuffling, `arange(n)` otherwise.
 (TensorShape([2, 2, 2]), TensorShape([1, 2]))
 """
 
+import warnings
+
 import keras
 import tensorflow as tf
 
+from fastcustom.training import keras_internals
+
+
+def map_arrays(fn, data):
+    """`fn` on every tensor of the nest `data`, keeping its None entries."""
+    return tf.nest.map_structure(lambda t: None if t is None else fn(t), data)
+
 
 def as_tensors(data, name):
-    """`data` (an array, tensor or a nest of them) as tensors of rank >= 1.
+    """`data` (an array, tensor or a nest of them) as tensors of rank >= 1 on the device.
 
     float64 arrays become `keras.backend.floatx()`, as in `model.fit`. The
-    tensors are placed on the default device (the GPU when there is one),
-    where they stay for the whole run.
+    tensors stay on the default device (the GPU when there is one) for the run.
     """
-    leaves = tf.nest.flatten(data)
-    if not leaves:
-        raise ValueError(f"`{name}` is empty: it holds no arrays.")
-    tensors = []
-    for leaf in leaves:
-        if leaf is None:
-            raise ValueError(f"`{name}` must be an array or a nest of arrays, got None.")
+    def convert(leaf):
         try:
             tensor = tf.convert_to_tensor(leaf)
         except (TypeError, ValueError) as err:
@@ -45,30 +54,9 @@ def as_tensors(data, name):
             tensor = tf.cast(tensor, keras.backend.floatx())
         if tensor.shape.rank == 0:
             raise ValueError(f"`{name}` must have a leading samples axis, got a scalar.")
-        tensors.append(tf.identity(tensor))
-    return tf.nest.pack_sequence_as(data, tensors)
+        return tf.identity(tensor)
 
-
-def count_samples(x, y, what="training data"):
-    """The number of samples: the common leading dimension of every array in x and y."""
-    counts = {name: {int(t.shape[0]) for t in tf.nest.flatten(arrays)}
-              for name, arrays in (("x", x), ("y", y))}
-    for name, sizes in counts.items():
-        if len(sizes) > 1:
-            raise ValueError(f"The arrays of {what} `{name}` have different numbers of "
-                             f"samples: {sorted(sizes)}.")
-    (n_x,), (n_y,) = counts["x"], counts["y"]
-    if n_x != n_y:
-        raise ValueError(f"x and y of the {what} have different numbers of samples: "
-                         f"x has {n_x}, y has {n_y}.")
-    if n_x == 0:
-        raise ValueError(f"The {what} is empty: x and y have 0 samples.")
-    return n_x
-
-
-def first_rows(data, count):
-    """The first `count` samples of every array in `data`."""
-    return tf.nest.map_structure(lambda t: t[:count], data)
+    return map_arrays(convert, data)
 
 
 def epoch_order(rng, num_samples, shuffle):
@@ -80,23 +68,21 @@ def epoch_batches(data, order, batch_size):
     """(full, tail): `data` in `order` as `[steps, batch_size, ...]` and the leftover rows.
 
     `order` is an int32 tensor of sample indices, or None for the stored
-    order; `tail` is None when `batch_size` divides the number of samples.
+    order; `full` is None when there is no full batch, `tail` when
+    `batch_size` divides the number of samples.
     """
     if order is not None:
-        data = tf.nest.map_structure(lambda t: tf.gather(t, order), data)
-    num_samples = int(tf.nest.flatten(data)[0].shape[0])
+        data = map_arrays(lambda t: tf.gather(t, order), data)
+    num_samples = int(next(t for t in tf.nest.flatten(data) if t is not None).shape[0])
     steps, leftover = divmod(num_samples, batch_size)
     cut = steps * batch_size
-
-    def full_batches(t):
-        return tf.reshape(t[:cut], [steps, batch_size] + t.shape[1:].as_list())
-
-    full = tf.nest.map_structure(full_batches, data)
-    tail = tf.nest.map_structure(lambda t: t[cut:], data) if leftover else None
+    full = map_arrays(lambda t: tf.reshape(t[:cut], [steps, batch_size, *t.shape[1:]]),
+                      data) if steps else None
+    tail = map_arrays(lambda t: t[cut:], data) if leftover else None
     return full, tail
 
 
-# One graph call per epoch instead of a dozen eager ops (a few ms on a small CPU).
+# One graph call per epoch instead of a dozen eager ops.
 epoch_batches_graph = tf.function(epoch_batches, autograph=False)
 
 
@@ -107,6 +93,8 @@ def split_for_replicas(strategy, data, axis):
     contiguous block of every batch, the first ones a row more when the batch
     does not divide evenly.
     """
+    if data is None:
+        return None
     replicas = strategy.num_replicas_in_sync
     devices = strategy.extended.worker_devices
 
@@ -115,53 +103,156 @@ def split_for_replicas(strategy, data, axis):
         sizes = [size // replicas + (1 if r < size % replicas else 0) for r in range(replicas)]
         return tf.split(t, sizes, axis=axis)
 
-    flat_parts = [parts(t) for t in tf.nest.flatten(data)]
+    leaves = tf.nest.flatten(data)
+    flat_parts = [None if t is None else parts(t) for t in leaves]
 
     def value_for(context):
         replica = context.replica_id_in_sync_group
         with tf.device(devices[replica]):
             return tf.nest.pack_sequence_as(
-                data, [tf.identity(leaf_parts[replica]) for leaf_parts in flat_parts])
+                data, [None if p is None else tf.identity(p[replica]) for p in flat_parts])
 
     return strategy.experimental_distribute_values_from_function(value_for)
 
 
-class FitData:
-    """The training (or validation) x and y of a `fit` run on the device, and their batches.
+class ArrayData:
+    """Arrays or tensors on the device, batched per epoch.
 
     `steps` per epoch: `full_steps` of `batch_size` and, when `has_tail`, a
-    smaller last one. Under a strategy with several replicas, `batches` are
-    split per replica. Batches in the stored order are formed once and kept.
+    smaller last one.
     """
 
-    def __init__(self, x, y, batch_size, strategy, validation=False):
-        prefix = "validation " if validation else ""
-        self.x, self.y = as_tensors(x, prefix + "x"), as_tensors(y, prefix + "y")
-        self.batch_size, self.strategy = batch_size, strategy
-        self.num_samples = count_samples(self.x, self.y, prefix + "data" if validation
-                                         else "training data")
-        self.full_steps, leftover = divmod(self.num_samples, batch_size)
+    def __init__(self, x, y=None, sample_weight=None, batch_size=None, class_weight=None,
+                 what="training data"):
+        adapter = keras_internals.ArrayDataAdapter(x, y, sample_weight=sample_weight,
+                                                   batch_size=batch_size,
+                                                   class_weight=class_weight)
+        self.data = as_tensors(adapter._inputs, what)
+        self.num_samples = int(adapter._num_samples)
+        self.batch_size = int(adapter.batch_size)
+        self.full_steps, leftover = divmod(self.num_samples, self.batch_size)
         self.has_tail = leftover > 0
         self.steps = self.full_steps + int(self.has_tail)
         self._unshuffled = None
 
-    def batches(self, order=None):
-        """(full, tail): (x, y) as `[steps, batch, ...]` and the leftover rows (or None)."""
+    def batches(self, order, strategy):
+        """(full, tail) in `order` (None: the stored order, formed once and kept)."""
         if order is None and self._unshuffled is not None:
             return self._unshuffled
-        full, tail = epoch_batches_graph((self.x, self.y), order, self.batch_size)
-        if self.strategy.num_replicas_in_sync > 1:
-            full = split_for_replicas(self.strategy, full, axis=1)
-            tail = None if tail is None else split_for_replicas(self.strategy, tail, axis=0)
+        full, tail = epoch_batches_graph(self.data, order, self.batch_size)
+        if strategy.num_replicas_in_sync > 1:
+            full = split_for_replicas(strategy, full, axis=1)
+            tail = split_for_replicas(strategy, tail, axis=0)
         if order is None:
             self._unshuffled = (full, tail)
         return full, tail
 
-    def call_ranges(self, steps_per_call):
-        """[(start, stop, with_tail)]: the full batches each call runs; the tail in the last."""
+    def chunks(self, order, strategy, steps_per_call):
+        """[(full, start, stop, tail)]: an epoch as calls of `steps_per_call` steps."""
+        full, tail = self.batches(order, strategy)
         per_call = steps_per_call or self.steps
-        ranges = []
+        chunks = []
         for first in range(0, self.steps, per_call):
             last = min(first + per_call, self.steps)
-            ranges.append((first, min(last, self.full_steps), self.has_tail and last == self.steps))
-        return ranges
+            with_tail = self.has_tail and last == self.steps
+            chunks.append((full, first, min(last, self.full_steps), tail if with_tail else None))
+        return chunks
+
+
+def _has_static_rows(spec):
+    """Whether every tensor of an element spec has a known shape past its batch axis."""
+    return all(isinstance(s, tf.TensorSpec) and s.shape.rank is not None
+               and s.shape[1:].is_fully_defined() for s in tf.nest.flatten(spec))
+
+
+class StreamData:
+    """A data set, generator or PyDataset read `window` batches at a time.
+
+    `why_not` says why the stream cannot be stacked (a tensor whose shape past
+    the batch axis varies, a sparse or ragged one); `fit` then hands the call
+    back to Keras.
+    """
+
+    def __init__(self, x, y=None, sample_weight=None, batch_size=None, steps_per_epoch=None,
+                 shuffle=False, class_weight=None, window=32):
+        self.adapter = keras_internals.get_data_adapter(
+            x, y, sample_weight=sample_weight, batch_size=batch_size,
+            steps_per_epoch=steps_per_epoch, shuffle=shuffle, class_weight=class_weight)
+        self.steps_per_epoch = steps_per_epoch
+        self.steps = steps_per_epoch or self.adapter.num_batches
+        dataset = self.adapter.get_tf_dataset()
+        self.why_not = None if _has_static_rows(dataset.element_spec) else (
+            f"its batches' shapes past the batch axis are not fixed ({dataset.element_spec})")
+        if self.why_not:
+            return
+
+        def with_rows(*element):
+            rows = tf.shape(next(t for t in tf.nest.flatten(element)))[0]
+            return element, rows
+
+        self._windows = dataset.map(with_rows).padded_batch(window)
+        self._iterator = None
+        self._pending = []
+        self.ran_out = False
+
+    def _runs(self):
+        """(full, rows, tail) from each window: consecutive batches of one size, stacked."""
+        for window, rows in self._iterator:
+            rows = rows.numpy()
+            first = 0
+            while first < len(rows):
+                last = first
+                while last < len(rows) and rows[last] == rows[first]:
+                    last += 1
+                size = int(rows[first])
+                full = window if (first, last, size) == (0, len(rows), window_rows(window)) else (
+                    map_arrays(lambda t, f=first, la=last, s=size: t[f:la, :s], window))
+                tail = None
+                if last == len(rows) - 1 and rows[last] < size:
+                    tail = map_arrays(lambda t, la=last, s=int(rows[last]): t[la, :s], window)
+                    last += 1
+                yield full, tail
+                first = last
+
+    def epoch_chunks(self):
+        """This epoch's (full, start, stop, tail): `steps_per_epoch` steps, or the data's."""
+        if self._iterator is None or self.steps_per_epoch is None:
+            self.adapter.on_epoch_begin()
+            self._iterator = iter(self._windows)
+            self._pending = []
+            self._run_iterator = self._runs()
+        remaining = self.steps_per_epoch or float("inf")
+        while remaining > 0:
+            if self._pending:
+                full, start, tail = self._pending.pop()
+            else:
+                try:
+                    (full, tail), start = next(self._run_iterator), 0
+                except StopIteration:
+                    self._iterator = None
+                    if self.steps_per_epoch is not None:
+                        self.ran_out = True
+                        warnings.warn("Your input ran out of data; interrupting training. Make "
+                                      "sure that your dataset or generator can generate at "
+                                      "least `steps_per_epoch * epochs` batches.", stacklevel=3)
+                    return
+            stop = window_steps(full)
+            if stop - start + (tail is not None) > remaining:
+                take = int(remaining)
+                self._pending.append((full, start + take, tail))
+                stop, tail = start + take, None
+            remaining -= stop - start + (tail is not None)
+            yield full, start, stop, tail
+        if self.steps_per_epoch is None:
+            self.adapter.on_epoch_end()
+
+
+def window_steps(full):
+    """The number of stacked batches in `full` (0 for None)."""
+    return 0 if full is None else int(next(t for t in tf.nest.flatten(full)
+                                           if t is not None).shape[0])
+
+
+def window_rows(full):
+    """The rows of each stacked batch in `full`."""
+    return int(next(t for t in tf.nest.flatten(full) if t is not None).shape[1])

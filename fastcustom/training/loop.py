@@ -1,178 +1,184 @@
-"""The compiled part of `fastcustom.fit`: many optimizer steps per call, and evaluation.
+"""The compiled loops: many of the model's own `train_step` / `test_step` / `predict_step`
+per call.
 
-By default one call runs a whole epoch (`train_epoch`): it zeroes the metrics,
-gathers the epoch's permutation of (x, y), reshapes it into `[steps, batch, ...]`
-and runs a `tf.while_loop` in which step `i` reads the contiguous slice
-`batches[i]`, then the smaller leftover batch. With `steps_per_call`, `train`
-runs steps `start .. stop-1` of batches formed before the epoch. Each step is
-the one Keras's TF trainer takes: forward with `training=True`, the loss plus
-`model.losses`, gradients, `optimizer.apply_gradients`, the loss tracker and
-the metrics. `evaluate` does the same with `training=False` and no update.
+A call gets `full`, the data of `k` steps as `[k, batch, ...]` tensors (the
+packed `(x, y, sample_weight)` tuple Keras's steps take), the steps
+`start .. stop - 1` of it to run, and `tail`, a smaller last batch or None. It
+runs them in a `tf.while_loop` where step `i` reads the slice `full[i]`, then
+the tail, and returns what Keras's loop returns after the same steps: the
+model's metric results (`model.get_metrics_result()`), or, for a model that
+overrides `train_step`, `test_step` or `compute_metrics`, the outputs of its
+last step. `train_epoch` also forms the epoch's batches inside the call: one
+`tf.gather` by the epoch's permutation and a reshape.
 
-Each iteration of an XLA:CPU while loop costs about 4 us beyond its steps (the
-runtime starts the body's kernel graph anew and fans it out over the intra-op
-threads), a fifth of a step of the notes' small model (20 us). So for a
-small step (trainable parameters x batch size <= `SMALL_STEP`) an iteration
-runs two steps, and a second loop runs the odd last one: 10-18% more steps per
-second there (bench/RESULTS.md), for twice the compile time, which is why
-larger models, where that cost is noise, keep one step per iteration.
+The step is the model's, so everything `model.compile` set up takes part: the
+compiled loss (per output, `loss_weights`), compiled metrics and
+`weighted_metrics`, `model.losses`, the loss-scale optimizer under mixed
+precision, and any override of the steps.
 
-Compilation: with `jit_compile="auto"` the loop is compiled with XLA; if XLA
-cannot compile it (a custom op without an XLA kernel: "Detected unsupported
-operations") the loop falls back, once and with a warning, to a plain TF graph.
-Under a strategy with several replicas the loop stays in cross-replica context
-and runs each step with `strategy.run` on per-replica slices of the batch (the
-way Keras runs `steps_per_execution`); that loop is a plain graph, since XLA
-does not compile cross-device collectives here.
+For small steps (trainable parameters x batch size <= `SMALL_STEP`) an
+iteration runs two steps: XLA:CPU starts each iteration's kernels anew, a
+fixed cost comparable to a small model's step (bench/RESULTS.md); the odd
+step runs after the loop.
+
+Compilation: with `jit_compile="auto"` the loops are compiled with XLA when
+every layer supports it; if XLA cannot compile them (a custom op without an
+XLA kernel: "Detected unsupported operations") they fall back, once and with a
+warning, to a plain TF graph. Under a strategy with several replicas the loop
+stays in cross-replica context and runs each step with `strategy.run` on
+per-replica slices of the batch (the way Keras runs `steps_per_execution`), as
+a plain graph, since XLA does not compile cross-device collectives here.
 """
 
 import math
 import warnings
 
-import keras
 import tensorflow as tf
 
-from fastcustom.training.data import epoch_batches
+from fastcustom.training import keras_internals
+from fastcustom.training.data import epoch_batches, map_arrays
 
 # The errors XLA raises when it cannot compile a function (raised at its first call).
 _XLA_COMPILE_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
                        tf.errors.InternalError)
 
-# Unroll the compiled loop (two steps per iteration) when trainable parameters x batch size
-# is at most this: a step of about a million multiply-adds or fewer.
+# Two steps per loop iteration when trainable parameters x batch size is at most this.
 SMALL_STEP = 1 << 20
+
+
+def _leading_shape(full):
+    """(steps, batch) of the stacked batches `full`, per replica under a strategy; (0, 0) for None."""
+    leaves = [t for t in tf.nest.flatten(full, expand_composites=True) if t is not None]
+    return tuple(leaves[0].shape[:2]) if leaves else (0, 0)
 
 
 def _take(batches, index):
     """Batch `index` of every `[steps, batch, ...]` tensor in the nest `batches`."""
-    return tf.nest.map_structure(lambda t: t[index], batches)
+    return map_arrays(lambda t: t[index], batches)
 
 
-class TrainingLoop:
-    """The compiled train and evaluation functions for one model, loss, optimizer and metrics.
+class CompiledLoops:
+    """The compiled train, test and predict loops of one compiled model.
 
-    `train_epoch`, `train` and `evaluate` return the logs (loss and metric
-    results) as scalar tensors; `compiled_with` says "xla" or "graph".
+    `train_epoch`, `train` and `test` return logs as scalar tensors; `predict`
+    returns the outputs of its batches, concatenated. `compiled_with` says
+    "xla" or "graph".
     """
 
-    def __init__(self, model, loss, optimizer, metrics, strategy, jit_compile="auto"):
+    def __init__(self, model, jit_compile="auto"):
         if jit_compile not in ("auto", True, False):
             raise ValueError(f"`jit_compile` must be 'auto', True or False, got {jit_compile!r}.")
-        self.model, self.loss, self.optimizer, self.metrics = model, loss, optimizer, metrics
-        self.strategy = strategy
-        self.replicas = strategy.num_replicas_in_sync
+        self.model = model
+        self.strategy = model.distribute_strategy
+        self.replicas = self.strategy.num_replicas_in_sync
         if jit_compile is True and self.replicas > 1:
             raise ValueError("jit_compile=True is not supported under a strategy with "
                              f"{self.replicas} replicas: XLA cannot compile the loop across "
                              "devices. Use jit_compile='auto' (a plain graph there).")
-        with strategy.scope():
-            self.loss_tracker = keras.metrics.Mean(name="loss")
-            self.val_loss_tracker = keras.metrics.Mean(name="loss")
-        self._xla = jit_compile is True or (jit_compile == "auto" and self.replicas == 1)
+        supports_xla = all(layer.supports_jit for layer in model._flatten_layers())
+        self._xla = jit_compile is True or (jit_compile == "auto" and self.replicas == 1
+                                            and supports_xla)
         self._may_fall_back = jit_compile == "auto"
+        self._steps_log_metrics = {
+            "train": not keras_internals.overrides(model, "train_step", "compute_metrics"),
+            "test": not keras_internals.overrides(model, "test_step", "compute_metrics")}
         self._compiled = {}
 
     @property
     def compiled_with(self):
         return "xla" if self._xla else "graph"
 
-    # -- one step, in replica context ------------------------------------------------
-    def _total_loss(self, y, y_pred):
-        """This replica's share of the batch loss: the loss plus `model.losses`.
-
-        A `keras.losses.Loss` already divides by the number of replicas (so
-        the summed gradients are the global batch's); `model.losses` are
-        divided here, as Keras's TF trainer does.
-        """
-        value = self.loss(y, y_pred)
-        if value.shape.rank:  # Keras returns an empty batch's loss unreduced, shape [0]
-            value = tf.reduce_sum(value)
-        extra = [tf.reduce_sum(tf.cast(term, value.dtype)) for term in self.model.losses]
-        if extra:
-            value = value + tf.add_n(extra) / self.replicas
-        return value
-
-    def _update_metrics(self, x, y, y_pred, loss, tracker):
-        batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
-        tracker.update_state(loss * self.replicas, sample_weight=batch_size)
-        for metric in self.metrics:
-            metric.update_state(y, y_pred)
-
-    def _train_step(self, x, y):
-        with tf.GradientTape() as tape:
-            y_pred = self.model(x, training=True)
-            loss = self._total_loss(y, y_pred)
-            scaled_loss = self.optimizer.scale_loss(loss)
-        variables = self.model.trainable_variables
-        if variables:
-            gradients = tape.gradient(scaled_loss, variables)
-            self.optimizer.apply_gradients(zip(gradients, variables))
-        self._update_metrics(x, y, y_pred, loss, self.loss_tracker)
-
-    def _eval_step(self, x, y):
-        y_pred = self.model(x, training=False)
-        self._update_metrics(x, y, y_pred, self._total_loss(y, y_pred), self.val_loss_tracker)
-
-    # -- the loop, in cross-replica context ------------------------------------------
-    def _run(self, step, *args):
-        if self.replicas > 1:
-            return self.strategy.run(step, args=args)
-        return step(*args)
-
     def steps_per_iteration(self, batch_size):
-        """Steps per iteration of the compiled loop: 2 for a small step under XLA on one
-        replica (trainable parameters x `batch_size` <= `SMALL_STEP`), else 1."""
+        """2 for a small step under XLA on one replica, else 1."""
         if not self._xla or self.replicas > 1:
             return 1
         parameters = sum(math.prod(v.shape) for v in self.model.trainable_variables)
         return 2 if parameters * batch_size <= SMALL_STEP else 1
 
-    def _steps(self, step, batches, start, stop, tail):
-        def one_batch(x_batches, y_batches, index):
-            step(_take(x_batches, index), _take(y_batches, index))
+    # -- the loop, in cross-replica context ------------------------------------------
+    def _run(self, step, data, reduction="auto"):
+        """One step on `data`; its outputs reduced across replicas as Keras does."""
+        if self.replicas == 1:
+            return step(data)
+        outputs = self.strategy.run(step, args=(data,))
+        return keras_internals.reduce_per_replica(outputs, self.strategy, reduction)
 
-        def loop(first, per_iteration):
-            """Runs steps first.. in iterations of `per_iteration` while they fit before stop."""
-            def body(index):
-                for offset in range(per_iteration):
-                    self._run(one_batch, *batches, index + offset)
-                return (index + per_iteration,)
-
-            return tf.while_loop(lambda index: index + per_iteration <= stop, body, (first,),
-                                 parallel_iterations=1)[0]
-
-        steps, batch_size = tf.nest.flatten(batches, expand_composites=True)[0].shape[:2]
+    def _steps(self, step, full, start, stop, tail, keep_last):
+        """Steps start..stop-1 of `full`, then `tail`; the last step's outputs if `keep_last`."""
+        steps, batch_size = _leading_shape(full)
+        last_outputs = None
         if steps:  # XLA can't slice []
+            if keep_last and tail is None:
+                stop = stop - 1   # the last full step runs after the loop, for its outputs
             per_iteration = self.steps_per_iteration(batch_size)
+
+            def loop(first, per_iteration):
+                def body(index):
+                    for offset in range(per_iteration):
+                        self._run(lambda data, i=index + offset: step(_take(data, i)), full)
+                    return (index + per_iteration,)
+
+                return tf.while_loop(lambda index: index + per_iteration <= stop, body, (first,),
+                                     parallel_iterations=1)[0]
+
             index = loop(start, per_iteration)
-            first, last = tf.get_static_value(start), tf.get_static_value(stop)
-            if per_iteration > 1 and (first is None or last is None
-                                      or (last - first) % per_iteration):
+            if per_iteration > 1:
                 loop(index, 1)
+            if keep_last and tail is None:
+                last_outputs = self._run(lambda data: step(_take(data, stop)), full)
         if tail is not None:
-            self._run(step, *tail)
+            last_outputs = self._run(step, tail)
+        return last_outputs
 
-    def _logs(self, tracker):
-        return {"loss": tracker.result(), **{m.name: m.result() for m in self.metrics}}
+    def _logs(self, kind, last_outputs):
+        if self._steps_log_metrics[kind]:
+            return self.model.get_metrics_result()
+        return last_outputs
 
-    def _reset_fn(self, tracker=None):
-        for metric in (tracker or self.loss_tracker, *self.metrics):
-            metric.reset_state()
-
-    def _train_fn(self, batches, start, stop, tail):
-        self._steps(self._train_step, batches, start, stop, tail)
-        return self._logs(self.loss_tracker)
+    def _train_fn(self, full, start, stop, tail):
+        keep = not self._steps_log_metrics["train"]
+        return self._logs("train", self._steps(self.model.train_step, full, start, stop, tail,
+                                               keep))
 
     def _train_epoch_fn(self, data, order, batch_size):
-        self._reset_fn()
         full, tail = epoch_batches(data, order, batch_size)
-        steps = tf.nest.flatten(full)[0].shape[0]
+        steps = _leading_shape(full)[0]
         return self._train_fn(full, tf.constant(0), tf.constant(steps), tail)
 
-    def _eval_fn(self, batches, stop, tail):
-        self._reset_fn(self.val_loss_tracker)
-        self._steps(self._eval_step, batches, tf.constant(0), stop, tail)
-        return self._logs(self.val_loss_tracker)
+    def _test_fn(self, full, start, stop, tail):
+        keep = not self._steps_log_metrics["test"]
+        return self._logs("test", self._steps(self.model.test_step, full, start, stop, tail,
+                                              keep))
+
+    def _predict_fn(self, full, tail):
+        """Every batch of `full`, then `tail`, through `predict_step`; outputs concatenated."""
+        def predict_on(data, index=None):
+            take = (lambda d: _take(d, index)) if index is not None else (lambda d: d)
+            return self._run(lambda d: self.model.predict_step(take(d)), data, "concat")
+
+        def flatten_steps(stacked):
+            return tf.reshape(stacked, tf.concat([[-1], tf.shape(stacked)[2:]], 0))
+
+        outputs = []
+        steps = _leading_shape(full)[0]
+        if steps:
+            first = predict_on(full, 0)
+            arrays = tf.nest.map_structure(
+                lambda t: tf.TensorArray(t.dtype, size=steps, element_shape=t.shape).write(0, t),
+                first)
+
+            def body(index, arrays):
+                return index + 1, tf.nest.map_structure(lambda a, t: a.write(index, t),
+                                                        arrays, predict_on(full, index))
+
+            _, arrays = tf.while_loop(lambda index, _: index < steps, body,
+                                      (tf.constant(1), arrays), parallel_iterations=1)
+            outputs.append(tf.nest.map_structure(lambda a: flatten_steps(a.stack()), arrays))
+        if tail is not None:
+            outputs.append(predict_on(tail))
+        if len(outputs) == 1:
+            return outputs[0]
+        return tf.nest.map_structure(lambda *parts: tf.concat(parts, 0), *outputs)
 
     # -- compilation -----------------------------------------------------------------
     def _call(self, fn, *args):
@@ -188,26 +194,40 @@ class TrainingLoop:
                 raise
             self._xla = self._may_fall_back = False
             reason = str(err).strip().splitlines()[0][:300]
-            warnings.warn(f"fastcustom.fit: XLA could not compile the training loop ({reason}); "
-                          "running it as a plain TF graph instead.", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"fastcustom: XLA could not compile the model's loop ({reason}); "
+                          "running it as a plain TF graph instead.", RuntimeWarning, stacklevel=3)
             return self._call(fn, *args)
 
     def train_epoch(self, data, order, batch_size):
-        """A whole epoch in one call: zero the metrics, batch (x, y) in `order`, run every step.
-
-        `order` is an int32 permutation of the samples, or None for the stored order.
-        """
+        """A whole epoch in one call: `data` batched in `order` (int32 or None), every step."""
         return self._call(self._train_epoch_fn, data, order, batch_size)
 
-    def reset(self):
-        """Zero the training loss tracker and the metrics (before `train`)."""
-        self._call(self._reset_fn)
-
-    def train(self, batches, start, stop, tail=None):
-        """Steps `start..stop-1` of `batches` = (x, y) `[steps, batch, ...]`, then `tail`."""
-        return self._call(self._train_fn, batches, tf.constant(start, tf.int32),
+    def train(self, full, start, stop, tail=None):
+        """Training steps `start..stop-1` of `full`, then `tail`; the logs."""
+        return self._call(self._train_fn, full, tf.constant(start, tf.int32),
                           tf.constant(stop, tf.int32), tail)
 
-    def evaluate(self, batches, steps, tail=None):
-        """Zero the metrics, then the loss and metrics over `steps` batches and `tail`."""
-        return self._call(self._eval_fn, batches, tf.constant(steps, tf.int32), tail)
+    def test(self, full, start, stop, tail=None):
+        """Test steps `start..stop-1` of `full`, then `tail`; the logs."""
+        return self._call(self._test_fn, full, tf.constant(start, tf.int32),
+                          tf.constant(stop, tf.int32), tail)
+
+    def predict(self, full, tail=None):
+        """`predict_step` on every batch of `full` and on `tail`, concatenated."""
+        return self._call(self._predict_fn, full, tail)
+
+
+def compiled_loops(model, jit_compile="auto"):
+    """The model's `CompiledLoops`, made again after a new `compile` (like `train_function`).
+
+    Kept on the model past Keras's attribute tracking, so it is not saved.
+    """
+    key = (id(model.optimizer), id(keras_internals.compile_loss(model)),
+           id(keras_internals.compile_metrics(model)), id(model.distribute_strategy), jit_compile,
+           tuple(id(v) for v in model.trainable_variables))
+    cached = getattr(model, "_fastcustom_loops", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    loops = CompiledLoops(model, jit_compile)
+    object.__setattr__(model, "_fastcustom_loops", (key, loops))
+    return loops
