@@ -15,17 +15,38 @@ def _f64(x):
 
 
 def huber_elementwise(y_true, y_pred, threshold=1.0):
-    """h(e) = e^2/2 if |e| <= t else t|e| - t^2/2, with e = y_true - y_pred."""
+    """h(e) = e^2/2 if |e| <= t else t|e| - t^2/2, with e = y_true - y_pred.
+
+    Computed as q (|e| - q/2) with q = min(|e|, t): the same value, without the
+    t^2/2 that overflows for t above ~1.8e19 in float32 (an inf - inf).
+    """
     error = _f64(y_true) - _f64(y_pred)
     abs_error = np.abs(error)
-    with np.errstate(invalid="ignore"):
-        return np.where(abs_error <= threshold, 0.5 * error**2,
-                        threshold * abs_error - 0.5 * threshold**2)
+    with np.errstate(invalid="ignore", over="ignore"):
+        clipped = np.minimum(abs_error, threshold)
+        return clipped * (abs_error - 0.5 * clipped)
 
 
 def huber(y_true, y_pred, threshold=1.0):
-    """Per-sample Huber loss: the mean of `huber_elementwise` over the last axis."""
-    with np.errstate(invalid="ignore", divide="ignore"):
+    """Per-sample Huber loss: the mean of `huber_elementwise` over the last axis.
+
+    The edge rules every fastcustom path follows (the tests check them):
+
+    - Exactness: the value is this float64 result on the inputs as given (already
+      rounded to their dtype), rounded once to the output dtype. So a value too
+      large for the dtype is +inf there (`huber([[1e30]], [[-1e30]], threshold=1e30)`
+      is +inf in float32, never NaN), and an intermediate that would overflow the
+      dtype (e = 3e38 - (-3e38), t^2/2, a row sum) must not change the answer.
+      For float64 inputs the rule is this float64 arithmetic itself.
+    - Infinities: one infinite input makes |e| = +inf, so h = +inf and the row's
+      mean is +inf; the gradient there is the limit, +-t / D (see `huber_grad_pred`).
+    - NaN only where the math is NaN: a NaN input, or inf - inf (both inputs
+      infinite with one sign), makes h, the row mean and the gradient NaN.
+    - Empty inputs: a mean over an empty last axis is NaN (0/0); no rows, no values.
+    - Weights (`StreamingHuberMean`) multiply in IEEE arithmetic: a weight of 0
+      times an infinite or NaN h is NaN, as in `keras.metrics.Mean`.
+    """
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         return huber_elementwise(y_true, y_pred, threshold).mean(axis=-1)
 
 
@@ -35,17 +56,25 @@ def create_huber(threshold=1.0):
 
 
 def huber_grad_pred(y_true, y_pred, upstream, threshold=1.0):
-    """d/dy_pred of sum(upstream * huber(...)): upstream / D * clip(y_pred - y_true, -t, t)."""
+    """d/dy_pred of sum(upstream * huber(...)): upstream / D * clip(y_pred - y_true, -t, t).
+
+    At an infinite error the clip gives the limit, +-t / D times upstream; a NaN
+    error (a NaN input, inf - inf) gives NaN. A zero upstream gives 0 there.
+    """
     y_true, y_pred = _f64(y_true), _f64(y_pred)
     depth = y_pred.shape[-1]
-    return (_f64(upstream)[..., None] / depth) * np.clip(y_pred - y_true, -threshold, threshold)
+    with np.errstate(invalid="ignore", over="ignore"):
+        clipped = np.clip(y_pred - y_true, -threshold, threshold)
+        return (_f64(upstream)[..., None] / depth) * clipped
 
 
 class StreamingHuberMean:
     """The streaming Huber metric: sum(w * h) / sum(w) over every element seen.
 
     `sample_weight` broadcasts against the per-element values the way Keras
-    does: a weight of rank < rank(y_pred) weighs whole samples.
+    does: a weight of rank < rank(y_pred) weighs whole samples (it gets trailing
+    axes of size 1), one of rank > rank(y_pred) may only add trailing 1s. The
+    result is 0 while the weights seen sum to 0.
     """
 
     def __init__(self, threshold=1.0):
@@ -59,9 +88,12 @@ class StreamingHuberMean:
             weight = np.ones_like(values)
         else:
             weight = _f64(sample_weight)
+            while weight.ndim > values.ndim and weight.shape[-1] == 1:
+                weight = weight[..., 0]
             weight = weight.reshape(weight.shape + (1,) * (values.ndim - weight.ndim))
             weight = np.broadcast_to(weight, values.shape)
-        self.total += float(np.sum(values * weight))
+        with np.errstate(invalid="ignore", over="ignore"):
+            self.total += float(np.sum(values * weight))
         self.count += float(np.sum(weight))
 
     def result(self):
