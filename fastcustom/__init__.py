@@ -14,6 +14,7 @@ from fastcustom.losses import HuberFunction, HuberLoss, create_huber, huber
 from fastcustom.metrics import HuberMetric
 from fastcustom.models import ReconstructingRegressor
 from fastcustom.ops.library import status as path_info
+from fastcustom.ops.path import use_path
 from fastcustom.regularizers import L1Regularizer
 from fastcustom.training import accelerate, evaluate, fit, predict
 
@@ -23,5 +24,5 @@ __all__ = [
     "AddGaussianNoise", "Exponential", "GlorotNormalInitializer", "HuberFunction",
     "HuberLoss", "HuberMetric", "L1Regularizer", "MyDense", "MyMultiLayer",
     "PositiveWeights", "ReconstructingRegressor", "accelerate", "create_huber", "evaluate",
-    "fit", "huber", "path_info", "predict", "softplus",
+    "fit", "huber", "path_info", "predict", "softplus", "use_path",
 ]
