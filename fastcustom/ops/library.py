@@ -11,6 +11,13 @@ kernels is also tried once on the first GPU TensorFlow sees; when that call fail
 for) it warns once and reports `gpu: False`, so that tensors on a GPU take the
 XLA path while the CPU kernels stay in use.
 
+Which library: FASTCUSTOM_OPS_LIBRARY=path if set; else the one installed with the
+package when its record (`_huber_ops.so.json`, written by the build) names the running
+TensorFlow's minor release and C++ ABI; else the one `fastcustom build-ops` compiled
+for this TensorFlow into the per-user cache. A library built for another TensorFlow
+(the package installed, then TensorFlow upgraded or downgraded) is never loaded: the
+XLA path is used, with one warning that names `fastcustom build-ops`.
+
 Environment: FASTCUSTOM_DISABLE_OPS=1 forces the XLA path (no warning);
 FASTCUSTOM_OPS_LIBRARY=path loads that file instead of the built one.
 """
@@ -24,17 +31,43 @@ import warnings
 import tensorflow as tf
 from tensorflow.python.framework import kernels
 
-LIBRARY_NAME = "_huber_ops.so"
+from fastcustom import build_ops
+
+LIBRARY_NAME = build_ops.LIBRARY_NAME
+REBUILD_COMMAND = "fastcustom build-ops"
 _OP_NAME = "FastCustom>HuberPerSample"
 
 _lock = threading.Lock()
 _loaded = None  # (ops namespace or None, status dict), once a load was tried
 
 
+def installed_library_path():
+    """The library built when the package was installed (or `build_ext --inplace`)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME)
+
+
+def running_abi():
+    """The ABI tag a library must have been built for to load in this TensorFlow."""
+    return build_ops.abi_tag(tf.__version__, tf.sysconfig.CXX11_ABI_FLAG)
+
+
+def _built_for_running_tensorflow(path):
+    """Whether `path`'s build record matches the running TensorFlow (no record: unknown, tried)."""
+    record = build_ops.read_record(path)
+    return record is None or record.get("abi") == running_abi()
+
+
 def library_path():
-    """The op library that will be loaded: FASTCUSTOM_OPS_LIBRARY, else the built one."""
-    return os.environ.get("FASTCUSTOM_OPS_LIBRARY") or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME)
+    """The op library that will be loaded: FASTCUSTOM_OPS_LIBRARY; else the installed one
+    if it was built for the running TensorFlow; else the one `fastcustom build-ops` built
+    for it, if any; else the installed one's path."""
+    if os.environ.get("FASTCUSTOM_OPS_LIBRARY"):
+        return os.environ["FASTCUSTOM_OPS_LIBRARY"]
+    installed = installed_library_path()
+    if os.path.exists(installed) and _built_for_running_tensorflow(installed):
+        return installed
+    cached = build_ops.cached_library(running_abi())
+    return cached if os.path.exists(cached) else installed
 
 
 # The dispatch may run this inside a traced tf.function: the loader runs as plain
@@ -70,15 +103,38 @@ def _disabled():
 def _load():
     if _disabled():
         return None, _status("xla", None, "disabled by FASTCUSTOM_DISABLE_OPS")
-    path = library_path()
+    try:
+        return _load_library(library_path())
+    except Exception as error:  # never an import or a first Huber call that crashes
+        return _fall_back(f"the op library could not be checked or loaded "
+                          f"({type(error).__name__}: {error}); run `{REBUILD_COMMAND}`", stacklevel=5)
+
+
+def _why_unusable(path):
+    """Why the library at `path` is not loaded (missing, built for another TensorFlow), or None."""
+    explicit = bool(os.environ.get("FASTCUSTOM_OPS_LIBRARY"))
     if not os.path.exists(path):
-        return _fall_back(f"op library not built ({path} is missing: fastcustom was installed "
-                          "without TensorFlow importable; reinstall it, or run "
-                          "`python setup.py build_ext --inplace` in a checkout)")
+        if explicit:
+            return f"op library not built or not found: FASTCUSTOM_OPS_LIBRARY={path} does not exist"
+        return (f"op library not built ({path} is missing: fastcustom was installed with "
+                f"FASTCUSTOM_BUILD_OPS=0 or its compiler failed; run `{REBUILD_COMMAND}`)")
+    record = build_ops.read_record(path)
+    if record is not None and record.get("abi") != running_abi():
+        return (f"op library {path} was built for TensorFlow {record.get('tensorflow')} "
+                f"({record.get('abi')}) and TensorFlow {tf.__version__} ({running_abi()}) is "
+                f"running; run `{REBUILD_COMMAND}` to build it for this TensorFlow")
+    return None
+
+
+def _load_library(path):
+    unusable = _why_unusable(path)
+    if unusable:
+        return _fall_back(unusable)
     try:
         ops = _smoke_tested(tf.load_op_library(path))
     except Exception as error:  # NotFoundError for undefined symbols, a bad ELF file, ...
-        return _fall_back(f"op library {path} failed to load: {error}".strip())
+        return _fall_back(f"op library {path} failed to load: {error}; "
+                          f"run `{REBUILD_COMMAND}` to rebuild it".strip())
     from fastcustom.ops import huber_gradients  # noqa: F401  (registers the fused gradient)
 
     registered = kernels.get_registered_kernels_for_op(_OP_NAME).kernel
@@ -88,7 +144,7 @@ def _load():
     failure = _gpu_failure(ops) if gpu and tensorflow_sees_a_gpu() else None
     if failure:
         warnings.warn(f"fastcustom: the op library's GPU kernels failed on this GPU; tensors on "
-                      f"a GPU take the XLA path: {failure}", RuntimeWarning, stacklevel=5)
+                      f"a GPU take the XLA path: {failure}", RuntimeWarning, stacklevel=6)
         return ops, _status("fused-op", path, f"op library loaded; GPU kernels unusable: {failure}",
                             False, dtypes)
     return ops, _status("fused-op", path, "op library loaded", gpu, dtypes)
@@ -135,9 +191,10 @@ def _gpu_failure(ops):
     return None
 
 
-def _fall_back(reason):
+def _fall_back(reason, stacklevel=6):
+    """The XLA path, with the one warning that says why (stacklevel: the user's call of status())."""
     warnings.warn(f"fastcustom: fused Huber ops unavailable, using the XLA path: {reason}",
-                  RuntimeWarning, stacklevel=5)
+                  RuntimeWarning, stacklevel=stacklevel)
     return None, _status("xla", None, reason)
 
 
