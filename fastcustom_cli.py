@@ -110,10 +110,16 @@ def build_parser():
     return parser
 
 
+def quiet_tensorflow_logs():
+    """TensorFlow's C++ INFO and WARNING lines off (before it is imported), unless the user
+    chose a level with TF_CPP_MIN_LOG_LEVEL."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+    quiet_tensorflow_logs()
     if args.command == "info":
         return info()
     if args.command == "demo":
@@ -152,9 +158,15 @@ def info():
     return 0
 
 
-# Loads the library in a fresh process (this one may hold another build already).
-_CHECK_LOAD = ("import json, sys; from fastcustom.ops import library; "
-               "print(json.dumps(library.status()))")
+# Run in a fresh process (this one may hold another build already): the status of the
+# library named by FASTCUSTOM_OPS_LIBRARY, then which library fastcustom picks by default.
+_CHECK_LOAD = """
+import json, os
+from fastcustom.ops import library
+status = library.status()
+os.environ.pop("FASTCUSTOM_OPS_LIBRARY")
+print(json.dumps(dict(status, default_library=library.library_path())))
+"""
 
 
 def build_ops_command(cache_dir=None):
@@ -170,7 +182,7 @@ def build_ops_command(cache_dir=None):
         tf_config = build_ops.tensorflow_config()
         output = build_ops.cached_library(build_ops.abi_tag(tf_config["version"], tf_config["cxx11_abi"]))
         print(f"{PROG}: compiling the fused Huber op for TensorFlow {tf_config['version']} "
-              "(about a minute)...", flush=True)
+              "(a minute or two)...", flush=True)
         with tempfile.TemporaryDirectory() as build_temp:
             record = build_ops.build_op_library(output, build_temp, tf_config=tf_config)
     except build_ops.BuildError as error:
@@ -178,15 +190,15 @@ def build_ops_command(cache_dir=None):
         return 1
     print(f"{PROG}: built {output} for TensorFlow {record['tensorflow']}"
           f"{' with CUDA kernels' if record['cuda'] else ''}")
-    env = {k: v for k, v in os.environ.items() if k != "FASTCUSTOM_OPS_LIBRARY"}
-    check = subprocess.run([sys.executable, "-c", _CHECK_LOAD], env=env, capture_output=True, text=True)
+    check = subprocess.run([sys.executable, "-c", _CHECK_LOAD], capture_output=True, text=True,
+                           env=dict(os.environ, FASTCUSTOM_OPS_LIBRARY=output))
     status = json.loads(check.stdout.strip().splitlines()[-1]) if check.returncode == 0 else None
-    if not status or status["path"] != "fused-op" or not os.path.samefile(status["library"], output):
+    if not status or status["path"] != "fused-op":
         reason = status["reason"] if status else (check.stderr.strip().splitlines() or ["?"])[-1]
         print(f"{PROG} build-ops: built, but it does not load: {reason}", file=sys.stderr)
         return 1
-    print(f"{PROG}: the fused op loads: {status['reason']} "
-          f"({', '.join(status['dtypes'])}; GPU kernels: {status['gpu']})")
+    print(f"{PROG}: it loads ({', '.join(status['dtypes'])}; GPU kernels: {status['gpu']}); "
+          f"fastcustom now uses {status['default_library']}")
     return 0
 
 
