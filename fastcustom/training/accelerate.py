@@ -12,7 +12,7 @@ loops can't run goes to Keras's own method, with a warning saying why, once.
 
 import functools
 
-from fastcustom.training import fit as fit_module
+from fastcustom.training import methods
 
 _METHODS = ("fit", "evaluate", "predict")
 
@@ -31,9 +31,9 @@ def accelerate(model, *, jit_compile="auto", steps_per_call=None):
         `model`. A second call changes the settings and nothing else.
     """
     for name in _METHODS:
-        method = functools.partial(getattr(fit_module, name), model, jit_compile=jit_compile,
+        method = functools.partial(getattr(methods, name), model, jit_compile=jit_compile,
                                    steps_per_call=steps_per_call)
-        functools.update_wrapper(method, getattr(fit_module, name))
+        functools.update_wrapper(method, getattr(methods, name))
         object.__setattr__(model, name, method)
     object.__setattr__(model, "_fastcustom_accelerated", True)
     return model

@@ -215,9 +215,13 @@ class StreamData:
                 first = last
 
     def epoch_chunks(self):
-        """This epoch's (full, start, stop, tail): `steps_per_epoch` steps, or the data's."""
+        """This epoch's (full, start, stop, tail): `steps_per_epoch` steps, or the data's.
+
+        With `steps_per_epoch` the stream goes on where the last epoch stopped,
+        as in Keras; without, each epoch reads it anew.
+        """
+        self.adapter.on_epoch_begin()
         if self._iterator is None or self.steps_per_epoch is None:
-            self.adapter.on_epoch_begin()
             self._iterator = iter(self._windows)
             self._pending = []
             self._run_iterator = self._runs()
@@ -235,7 +239,7 @@ class StreamData:
                         warnings.warn("Your input ran out of data; interrupting training. Make "
                                       "sure that your dataset or generator can generate at "
                                       "least `steps_per_epoch * epochs` batches.", stacklevel=3)
-                    return
+                    break
             stop = window_steps(full)
             if stop - start + (tail is not None) > remaining:
                 take = int(remaining)
@@ -243,8 +247,7 @@ class StreamData:
                 stop, tail = start + take, None
             remaining -= stop - start + (tail is not None)
             yield full, start, stop, tail
-        if self.steps_per_epoch is None:
-            self.adapter.on_epoch_end()
+        self.adapter.on_epoch_end()
 
 
 def window_steps(full):

@@ -52,9 +52,20 @@ def _leading_shape(full):
     return tuple(leaves[0].shape[:2]) if leaves else (0, 0)
 
 
+def as_keras_batch(batch):
+    """`batch` with its batch axis of unknown static size, as Keras's data sets give it.
+
+    Keras's step reads static shapes in places (the per-output loss trackers
+    weight a batch by `y_pred.shape[0]`, and by nothing when it is None), so the
+    step must see what it sees in `model.fit`; XLA still compiles the real sizes.
+    """
+    return map_arrays(lambda t: tf.raw_ops.PlaceholderWithDefault(
+        input=t, shape=[None, *t.shape[1:]]), batch)
+
+
 def _take(batches, index):
     """Batch `index` of every `[steps, batch, ...]` tensor in the nest `batches`."""
-    return map_arrays(lambda t: t[index], batches)
+    return as_keras_batch(map_arrays(lambda t: t[index], batches))
 
 
 class CompiledLoops:
@@ -127,7 +138,7 @@ class CompiledLoops:
             if keep_last and tail is None:
                 last_outputs = self._run(lambda data: step(_take(data, stop)), full)
         if tail is not None:
-            last_outputs = self._run(step, tail)
+            last_outputs = self._run(lambda data: step(as_keras_batch(data)), tail)
         return last_outputs
 
     def _logs(self, kind, last_outputs):
@@ -153,7 +164,7 @@ class CompiledLoops:
     def _predict_fn(self, full, tail):
         """Every batch of `full`, then `tail`, through `predict_step`; outputs concatenated."""
         def predict_on(data, index=None):
-            take = (lambda d: _take(d, index)) if index is not None else (lambda d: d)
+            take = (lambda d: _take(d, index)) if index is not None else as_keras_batch
             return self._run(lambda d: self.model.predict_step(take(d)), data, "concat")
 
         def flatten_steps(stacked):

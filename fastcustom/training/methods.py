@@ -57,13 +57,19 @@ def _compile_if_asked(model, loss, optimizer, metrics):
     """
     if loss is None and optimizer is None and metrics is None:
         return
+    names = [m for m in (metrics if isinstance(metrics, (list, tuple)) else [metrics])
+             if isinstance(m, str)]
+    if len(set(names)) < len(names):
+        raise ValueError(f"`metrics` names must be unique, got {metrics}.")
     key = tuple(x if isinstance(x, str) else id(x) for x in
                 (loss, optimizer, *(metrics if isinstance(metrics, (list, tuple)) else [metrics])))
-    if getattr(model, "_fastcustom_compiled_for", None) == (key, id(model.optimizer)):
+    compiled = getattr(model, "compiled", False)
+    current = id(model.optimizer) if compiled else None
+    if getattr(model, "_fastcustom_compiled_for", None) == (key, current):
         return
     if optimizer is None:
-        optimizer = model.optimizer if model.compiled else "rmsprop"
-    if loss is None and model.compiled:
+        optimizer = model.optimizer if compiled else "rmsprop"
+    if loss is None and compiled:
         loss = model.loss
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     object.__setattr__(model, "_fastcustom_compiled_for", (key, id(model.optimizer)))
@@ -112,8 +118,14 @@ def _why_not(model, x, shuffle=False, steps=None):
 
 def _data(x, y, sample_weight, batch_size, steps, shuffle, class_weight, window, what):
     """ArrayData for arrays, StreamData for the rest; with the reason a stream can't run."""
+    if batch_size is not None:
+        _check_int(batch_size, "validation_batch_size" if what == "validation data"
+                   else "batch_size", 1)
     if keras_internals.can_convert_arrays((x, y, sample_weight)):
-        return ArrayData(x, y, sample_weight, batch_size, class_weight, what)
+        data = ArrayData(x, y, sample_weight, batch_size, class_weight, what)
+        if data.num_samples == 0:
+            raise ValueError(f"The {what} is empty: it has 0 samples.")
+        return data
     return StreamData(x, y, sample_weight, batch_size, steps, shuffle, class_weight,
                       window or DEFAULT_STEPS_PER_CALL)
 
@@ -179,6 +191,8 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
         reason = _why_not(model, val_x, steps=validation_steps)
     if reason is not None:
         return _keras_fit(model, reason, locals())
+    if validation_data is not None or validation_split:
+        keras_internals.should_eval(model, 0, validation_freq)   # Keras's error, before training
     if validation_split and validation_data is None:
         (x, y, sample_weight), validation_data = keras_internals.array_slicing. \
             train_validation_split((x, y, sample_weight), validation_split=validation_split)
