@@ -15,7 +15,13 @@
 // increasing order. The parallel blocks depend only on the shape; each writes
 // its own outputs or partial sums, and partial sums are added in block order
 // by one thread.
+//
+// A float chunk or row sum that is not finite (an inf or NaN input, or a value
+// or sum beyond float's range) is recomputed in double, from the inputs and the
+// double delta, so overflow in float never changes the answer (the rule of
+// fastcustom.reference.huber); finite sums, the common case, cost one check.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -171,6 +177,35 @@ std::pair<A, A> WeightedChunkSum(const A* t, const A* p, const A* w, int64_t n, 
   return {HalvingSum(total, width), HalvingSum(count, width)};
 }
 
+// The same sums in double, in order: for chunks whose float sum is not finite.
+template <typename T>
+double ChunkSumInDouble(const T* t, const T* p, int64_t n, double delta) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += HuberValue(ToDouble(t[i]), ToDouble(p[i]), delta);
+  return sum;
+}
+
+template <typename T>
+std::pair<double, double> WeightedChunkSumInDouble(const T* t, const T* p, const T* w,
+                                                   int64_t n, double delta) {
+  double total = 0.0, count = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    total += ToDouble(w[i]) * HuberValue(ToDouble(t[i]), ToDouble(p[i]), delta);
+    count += ToDouble(w[i]);
+  }
+  return {total, count};
+}
+
+// A float sum as double, or (when it is not finite) `recompute()` in double.
+template <typename A, typename Fn>
+double FiniteOrInDouble(A sum, const Fn& recompute) {
+  if constexpr (std::is_same_v<A, double>) {
+    return sum;
+  } else {
+    return std::isfinite(sum) ? static_cast<double>(sum) : recompute();
+  }
+}
+
 // ----------------------------------------------------------------------------
 // Rows of D <= kLanes elements: the same halving sums, kLanes vectors at a time.
 // Each row is padded with zeros to P = bit_ceil(D) lanes; one step adds the
@@ -271,14 +306,15 @@ void ForEachBlock(OpKernelContext* ctx, int64_t blocks, int64_t elements, const 
       });
 }
 
-// Calls rows_fn(r, n, sums): sums[i] = sum_j h[r + i, j], for consecutive runs of
-// the rows in [r0, r1), in order; 0 < D <= kChunk.
+// Calls rows_fn(r, n, sums): sums[i] = sum_j h[r + i, j] (double), for consecutive
+// runs of the rows in [r0, r1), in order; 0 < D <= kChunk.
 template <typename T, typename RowsFn>
 void ShortRowSums(const T* t, const T* p, int64_t r0, int64_t r1, int64_t depth,
-                  Acc<T> delta, const RowsFn& rows_fn) {
+                  Acc<T> delta, double delta64, const RowsFn& rows_fn) {
   using A = Acc<T>;
   Tile<T> tile;
   alignas(64) A sums[kChunk];
+  double row_sums[kChunk];
   const bool small = depth <= kLanes<A>;
   const int64_t tile_rows = kChunk / (small ? BitCeil(depth) : depth);
   for (int64_t r = r0; r < r1; r += tile_rows) {
@@ -292,14 +328,20 @@ void ShortRowSums(const T* t, const T* p, int64_t r0, int64_t r1, int64_t depth,
         sums[i] = ChunkSum(tt + i * depth, pp + i * depth, depth, delta);
       }
     }
-    rows_fn(r, rows, sums);
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t offset = (r + i) * depth;
+      row_sums[i] = FiniteOrInDouble(sums[i], [&] {
+        return ChunkSumInDouble(t + offset, p + offset, depth, delta64);
+      });
+    }
+    rows_fn(r, rows, row_sums);
   }
 }
 
 // sum_j h[r, j] for every row, D > kChunk: chunk sums in parallel, then rows in order.
 template <typename T>
 std::vector<double> LongRowSums(OpKernelContext* ctx, const T* t, const T* p, int64_t rows,
-                                int64_t depth, Acc<T> delta) {
+                                int64_t depth, Acc<T> delta, double delta64) {
   const int64_t chunks_per_row = CeilDiv(depth, kChunk);
   const int64_t chunks = rows * chunks_per_row;
   const int64_t chunks_per_block = kBlock / kChunk;
@@ -312,8 +354,10 @@ std::vector<double> LongRowSums(OpKernelContext* ctx, const T* t, const T* p, in
       const int64_t j = (c % chunks_per_row) * kChunk;
       const int64_t n = std::min(kChunk, depth - j);
       const int64_t offset = row * depth + j;
-      chunk_sums[c] = static_cast<double>(ChunkSum(Widen(t + offset, n, tile.y_true),
-                                                   Widen(p + offset, n, tile.y_pred), n, delta));
+      chunk_sums[c] = FiniteOrInDouble(
+          ChunkSum(Widen(t + offset, n, tile.y_true), Widen(p + offset, n, tile.y_pred), n,
+                   delta),
+          [&] { return ChunkSumInDouble(t + offset, p + offset, n, delta64); });
     }
   });
   std::vector<double> row_sums(rows, 0.0);
@@ -370,19 +414,21 @@ class HuberPerSampleOp : public OpKernel {
     }
     const T* t = y_true.flat<T>().data();
     const T* p = y_pred.flat<T>().data();
-    const auto delta = static_cast<Acc<T>>(Delta(ctx));
+    const double delta64 = Delta(ctx);
+    const auto delta = static_cast<Acc<T>>(delta64);
     const double d = static_cast<double>(depth);
     if (depth > kChunk) {
-      const std::vector<double> sums = LongRowSums(ctx, t, p, rows, depth, delta);
+      const std::vector<double> sums = LongRowSums(ctx, t, p, rows, depth, delta, delta64);
       for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<T>(sums[r] / d);
       return;
     }
     const int64_t rows_per_block = std::max<int64_t>(1, kBlock / depth);
     ForEachBlock(ctx, CeilDiv(rows, rows_per_block), rows_per_block * depth, [&](int64_t b) {
       const int64_t r0 = b * rows_per_block, r1 = std::min(rows, r0 + rows_per_block);
-      ShortRowSums(t, p, r0, r1, depth, delta, [out, d](int64_t r, int64_t n, const auto* sums) {
-        for (int64_t i = 0; i < n; ++i) out[r + i] = static_cast<T>(static_cast<double>(sums[i]) / d);
-      });
+      ShortRowSums(t, p, r0, r1, depth, delta, delta64,
+                   [out, d](int64_t r, int64_t n, const double* sums) {
+                     for (int64_t i = 0; i < n; ++i) out[r + i] = static_cast<T>(sums[i] / d);
+                   });
     });
   }
 };
@@ -444,7 +490,7 @@ std::pair<double, double> SumInOrder(const Partials& partials) {
 // Unweighted (w == nullptr: count = size) or per-element totals over the flat inputs.
 template <typename T>
 std::pair<double, double> FlatTotals(OpKernelContext* ctx, const T* t, const T* p, const T* w,
-                                     int64_t size, Acc<T> delta) {
+                                     int64_t size, Acc<T> delta, double delta64) {
   Partials partials(CeilDiv(size, kBlock));
   ForEachBlock(ctx, partials.size(), kBlock, [&](int64_t b) {
     Tile<T> tile;
@@ -455,12 +501,21 @@ std::pair<double, double> FlatTotals(OpKernelContext* ctx, const T* t, const T* 
       const Acc<T>* tt = Widen(t + e0, n, tile.y_true);
       const Acc<T>* pp = Widen(p + e0, n, tile.y_pred);
       if (w == nullptr) {
-        block_total += static_cast<double>(ChunkSum(tt, pp, n, delta));
+        block_total += FiniteOrInDouble(ChunkSum(tt, pp, n, delta), [&] {
+          return ChunkSumInDouble(t + e0, p + e0, n, delta64);
+        });
       } else {
         const auto [chunk_total, chunk_count] =
             WeightedChunkSum(tt, pp, Widen(w + e0, n, tile.other), n, delta);
-        block_total += static_cast<double>(chunk_total);
-        block_count += static_cast<double>(chunk_count);
+        if (std::isfinite(chunk_total) && std::isfinite(chunk_count)) {
+          block_total += static_cast<double>(chunk_total);
+          block_count += static_cast<double>(chunk_count);
+        } else {
+          const auto [total64, count64] = WeightedChunkSumInDouble(t + e0, p + e0, w + e0, n,
+                                                                   delta64);
+          block_total += total64;
+          block_count += count64;
+        }
       }
     }
     partials[b] = {block_total, block_count};
@@ -472,11 +527,12 @@ std::pair<double, double> FlatTotals(OpKernelContext* ctx, const T* t, const T* 
 // Totals with one weight per row: sum_r w[r] sum_j h[r, j], D * sum_r w[r].
 template <typename T>
 std::pair<double, double> PerRowTotals(OpKernelContext* ctx, const T* t, const T* p, const T* w,
-                                       int64_t rows, int64_t depth, Acc<T> delta) {
+                                       int64_t rows, int64_t depth, Acc<T> delta,
+                                       double delta64) {
   if (depth == 0) return {0.0, 0.0};
   double total = 0.0, count = 0.0;
   if (depth > kChunk) {
-    const std::vector<double> sums = LongRowSums(ctx, t, p, rows, depth, delta);
+    const std::vector<double> sums = LongRowSums(ctx, t, p, rows, depth, delta, delta64);
     for (int64_t r = 0; r < rows; ++r) {
       total += ToDouble(w[r]) * sums[r];
       count += ToDouble(w[r]);
@@ -487,9 +543,10 @@ std::pair<double, double> PerRowTotals(OpKernelContext* ctx, const T* t, const T
     ForEachBlock(ctx, partials.size(), rows_per_block * depth, [&](int64_t b) {
       const int64_t r0 = b * rows_per_block, r1 = std::min(rows, r0 + rows_per_block);
       double block_total = 0.0, block_count = 0.0;
-      ShortRowSums(t, p, r0, r1, depth, delta, [&](int64_t r, int64_t n, const auto* sums) {
+      ShortRowSums(t, p, r0, r1, depth, delta, delta64, [&](int64_t r, int64_t n,
+                                                            const double* sums) {
         for (int64_t i = 0; i < n; ++i) {
-          block_total += ToDouble(w[r + i]) * static_cast<double>(sums[i]);
+          block_total += ToDouble(w[r + i]) * sums[i];
           block_count += ToDouble(w[r + i]);
         }
       });
@@ -517,12 +574,13 @@ class HuberWeightedTotalOp : public OpKernel {
     const T* t = y_true.flat<T>().data();
     const T* p = y_pred.flat<T>().data();
     const T* w = weights.flat<T>().data();
-    const auto delta = static_cast<Acc<T>>(Delta(ctx));
+    const double delta64 = Delta(ctx);
+    const auto delta = static_cast<Acc<T>>(delta64);
     const auto [total, count] =
         mode == WeightMode::kPerRow
-            ? PerRowTotals(ctx, t, p, w, layout.rows, layout.depth, delta)
+            ? PerRowTotals(ctx, t, p, w, layout.rows, layout.depth, delta, delta64)
             : FlatTotals(ctx, t, p, mode == WeightMode::kPerElement ? w : nullptr,
-                         layout.rows * layout.depth, delta);
+                         layout.rows * layout.depth, delta, delta64);
     total_out->scalar<double>()() = total;
     count_out->scalar<double>()() = count;
   }

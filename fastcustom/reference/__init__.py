@@ -37,7 +37,9 @@ def huber(y_true, y_pred, threshold=1.0):
       large for the dtype is +inf there (`huber([[1e30]], [[-1e30]], threshold=1e30)`
       is +inf in float32, never NaN), and an intermediate that would overflow the
       dtype (e = 3e38 - (-3e38), t^2/2, a row sum) must not change the answer.
-      For float64 inputs the rule is this float64 arithmetic itself.
+      For float64 inputs the rule is this float64 arithmetic itself. A result
+      below the dtype's smallest normal number may come back as 0 (TensorFlow
+      runs its CPU kernels with denormals flushed to zero).
     - Infinities: one infinite input makes |e| = +inf, so h = +inf and the row's
       mean is +inf; the gradient there is the limit, +-t / D (see `huber_grad_pred`).
     - NaN only where the math is NaN: a NaN input, or inf - inf (both inputs
