@@ -1,5 +1,6 @@
 """GlorotNormalInitializer: normal draws with stddev sqrt(2 / (fan_in + fan_out))."""
 
+import numbers
 import random
 
 import keras
@@ -30,8 +31,9 @@ class GlorotNormalInitializer(keras.initializers.Initializer):
     """
 
     def __init__(self, seed=None):
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise ValueError(f"`seed` must be an int or None, got {seed!r}.")
+        seed = None if seed is None else int(seed)  # np.int64 too; a plain int in the config
         self.seed = seed
         self._draw_seed = seed if seed is not None else random.randint(1, 2**31 - 1)
 

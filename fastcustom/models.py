@@ -20,7 +20,7 @@ class ReconstructingRegressor(keras.Model):
     (TensorShape([4, 1]), 1)
     """
 
-    def __init__(self, output_dim, reconstruction_weight=0.05, **kwargs):
+    def __init__(self, output_dim, reconstruction_weight=0.05, input_dim=None, **kwargs):
         super().__init__(**kwargs)
         self.output_dim = positive_int(output_dim, "output_dim")
         self.reconstruction_weight = non_negative_finite(reconstruction_weight,
@@ -29,9 +29,14 @@ class ReconstructingRegressor(keras.Model):
                        for _ in range(5)]
         self.out = MyDense(self.output_dim)
         self.reconstruct = None
+        self.input_dim = None
+        if input_dim is not None:  # from a config: built now, so .h5 weights find their layers
+            self.build((None, positive_int(input_dim, "input_dim")))
 
     def build(self, input_shape):
-        n_inputs = input_shape[-1]
+        if self.reconstruct is not None:  # built from the config already
+            return
+        n_inputs = self.input_dim = int(input_shape[-1])
         self.reconstruct = MyDense(n_inputs)
         shape = tuple(input_shape)
         for layer in self.hidden:
@@ -51,4 +56,9 @@ class ReconstructingRegressor(keras.Model):
 
     def get_config(self):
         return {**super().get_config(), "output_dim": self.output_dim,
-                "reconstruction_weight": self.reconstruction_weight}
+                "reconstruction_weight": self.reconstruction_weight, "input_dim": self.input_dim}
+
+
+# The legacy .h5 loader looks classes up by their bare name, not the registered
+# "fastcustom>ReconstructingRegressor" the .keras format uses.
+keras.saving.get_custom_objects().setdefault("ReconstructingRegressor", ReconstructingRegressor)

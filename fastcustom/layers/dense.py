@@ -53,7 +53,7 @@ class MyDense(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
 
     def call(self, inputs):
-        inputs = tf.convert_to_tensor(inputs, self.compute_dtype)
+        inputs = tf.cast(inputs, self.compute_dtype)  # ints too, as keras.layers.Dense
         kernel = tf.convert_to_tensor(self.kernel)
         bias = tf.convert_to_tensor(self.bias) if self.use_bias else None
         activation = None if self.activation is keras.activations.linear else self.activation

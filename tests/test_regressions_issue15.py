@@ -1,0 +1,160 @@
+"""Regression tests for issue #15: each defect it (and its fuzzer) found, by name, on both paths."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fastcustom
+from fastcustom import reference
+from fastcustom.ops import library
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+PATHS = ["xla", pytest.param("op", marks=pytest.mark.skipif(
+    library.huber_ops() is None, reason="fused op not built"))]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_metric_per_row_then_per_element_weights(path):
+    # The XLA path gave 1.4167 (weights relaxed to unknown rank were taken per element).
+    y_true, y_pred = tf.constant([[0.0, 1.0], [2.0, 3.0]]), tf.zeros([2, 2])
+    metric, ref = fastcustom.HuberMetric(), reference.StreamingHuberMean()
+    with fastcustom.use_path(path):
+        for weights in (tf.constant([1.0, 3.0]), tf.constant([[1.0, 0.0], [0.0, 1.0]])):
+            metric.update_state(y_true, y_pred, sample_weight=weights)
+            ref.update(y_true.numpy(), y_pred.numpy(), weights.numpy())
+    assert float(metric.result()) == pytest.approx(ref.result(), rel=1e-6) == 1.5
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_metric_per_row_weights_after_per_element_of_another_shape(path):
+    # The XLA path raised "Incompatible shapes: [3] vs. [3,2]".
+    metric, ref = fastcustom.HuberMetric(), reference.StreamingHuberMean()
+    with fastcustom.use_path(path):
+        for weights in (np.array([1.0, 2.0, 3.0], "float32"), np.ones((3, 2), "float32")):
+            metric.update_state(np.zeros((3, 2)), np.ones((3, 2)), sample_weight=weights)
+            ref.update(np.zeros((3, 2)), np.ones((3, 2)), weights)
+    assert float(metric.result()) == pytest.approx(ref.result(), rel=1e-6)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("weights", [[1.0, 3.0], [[1.0], [3.0]], [[1.0, 0.0], [0.0, 1.0]]],
+                         ids=["per-row", "per-row-column", "per-element"])
+def test_metric_weights_of_unknown_rank_in_a_tf_function(path, weights):
+    # TypeError: '>' not supported between 'NoneType' and 'int' (both paths).
+    metric = fastcustom.HuberMetric()
+    y_true, y_pred = np.array([[0.0, 1.0], [2.0, 3.0]], "float32"), np.zeros((2, 2), "float32")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 2]), tf.TensorSpec([None, 2]),
+                                  tf.TensorSpec(None)])
+    def update(t, p, w):
+        metric.update_state(t, p, sample_weight=w)
+
+    with fastcustom.use_path(path):
+        update(y_true, y_pred, np.array(weights, "float32"))
+    ref = reference.StreamingHuberMean()
+    ref.update(y_true, y_pred, np.array(weights))
+    assert float(metric.result()) == pytest.approx(ref.result(), rel=1e-6)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("shape", [(1, 2_000_000), (4, 100_000)], ids=str)
+def test_long_rows_within_1e6_of_float64(rng, path, shape):
+    # The XLA path summed rows in float32: 2.0e-5 off at (1, 2e6), 5.5e-7 at (4, 1e5).
+    y_true, y_pred = (rng.standard_normal(shape).astype("float32") * 2 for _ in range(2))
+    with fastcustom.use_path(path):
+        got = fastcustom.huber(y_true, y_pred).numpy().astype(np.float64)
+    np.testing.assert_allclose(got, reference.huber(y_true, y_pred), rtol=1e-6)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_threshold_1e30_overflows_to_inf_not_nan(path):
+    # threshold**2 / 2 overflowed: the op gave NaN, the XLA path -inf; float32's answer is inf.
+    with fastcustom.use_path(path):
+        got = fastcustom.huber(np.array([[1e30]], "float32"), np.array([[-1e30]], "float32"),
+                               threshold=1e30)
+    assert got.numpy().tolist() == [np.inf]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_float32_overflow_inside_does_not_change_a_finite_answer(path):
+    # e = 3e38 - (-3e38) overflows float32, h = 1e-30 * 6e38 = 6e8 does not (the op now
+    # recomputes such rows in double; the XLA path computes in float64).
+    y_true, y_pred = np.array([[3e38, 0.0]], "float32"), np.array([[-3e38, 0.0]], "float32")
+    with fastcustom.use_path(path):
+        got = fastcustom.huber(y_true, y_pred, threshold=1e-30).numpy()
+        metric = fastcustom.HuberMetric(threshold=1e-30)
+        metric.update_state(y_true, y_pred, sample_weight=[[10.0, 1.0]])
+    np.testing.assert_allclose(got, reference.huber(y_true, y_pred, 1e-30), rtol=1e-6)
+    ref = reference.StreamingHuberMean(1e-30)
+    ref.update(y_true, y_pred, [[10.0, 1.0]])
+    np.testing.assert_allclose(float(metric.result()), ref.result(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_gradient_at_infinite_prediction_is_the_clamped_limit(path):
+    # The op gave threshold / D, the XLA path NaN; the reference's rule is the limit.
+    y_true, y_pred = tf.constant([[0.0, 0.0]]), tf.constant([[np.inf, -np.inf]])
+    with fastcustom.use_path(path), tf.GradientTape() as tape:
+        tape.watch(y_pred)
+        loss = fastcustom.huber(y_true, y_pred, threshold=0.25)
+    grad = tape.gradient(loss, y_pred).numpy()
+    assert loss.numpy().tolist() == [np.inf]
+    np.testing.assert_array_equal(grad, reference.huber_grad_pred(
+        y_true.numpy(), y_pred.numpy(), [1.0], 0.25))
+    np.testing.assert_array_equal(grad, [[0.125, -0.125]])
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_scalars_of_unknown_rank_in_a_tf_function(path):
+    # The two paths failed differently; a scalar is one sample of one element.
+    @tf.function(input_signature=[tf.TensorSpec(None), tf.TensorSpec(None)])
+    def loss(t, p):
+        return fastcustom.huber(t, p)
+
+    with fastcustom.use_path(path):
+        assert loss(tf.constant(0.0), tf.constant(3.0)).numpy().tolist() == 2.5  # as eager
+        np.testing.assert_allclose(loss(tf.zeros([2, 2]), tf.ones([2, 2])).numpy(), [0.5, 0.5])
+
+
+def test_use_path_rejects_an_unknown_path_and_op_inside_xla():
+    with pytest.raises(ValueError, match="must be one of"):
+        with fastcustom.use_path("gpu"):
+            pass
+    if library.huber_ops() is None:
+        return
+
+    @tf.function(jit_compile=True)
+    def compiled(t, p):
+        return fastcustom.huber(t, p)
+
+    with fastcustom.use_path("op"), pytest.raises(RuntimeError, match="XLA compilation"):
+        compiled(tf.zeros([1, 2]), tf.ones([1, 2]))
+
+
+def test_mydense_casts_integer_inputs_like_keras_dense():
+    layer = fastcustom.MyDense(3, kernel_initializer="ones")
+    out = layer(np.ones((2, 4), "int32"))
+    assert out.dtype == tf.float32
+    np.testing.assert_allclose(out.numpy(), np.full((2, 3), 4.0))
+
+
+def test_glorot_initializer_takes_a_numpy_integer_seed():
+    init = fastcustom.GlorotNormalInitializer(seed=np.int64(3))
+    assert init.get_config() == {"seed": 3} and type(init.get_config()["seed"]) is int
+    np.testing.assert_array_equal(init((4, 5)).numpy(),
+                                  fastcustom.GlorotNormalInitializer(seed=3)((4, 5)).numpy())
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+def test_reconstructing_regressor_loads_from_h5_and_keras(tmp_path, suffix):
+    import keras
+    model = fastcustom.ReconstructingRegressor(1, reconstruction_weight=0.1)
+    model.compile("sgd", fastcustom.HuberLoss(2.0))
+    x = np.ones((4, 3), "float32")
+    model.fit(x, np.ones((4, 1)), verbose=0)
+    path = str(tmp_path / f"model{suffix}")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded) is fastcustom.ReconstructingRegressor
+    assert loaded.reconstruction_weight == 0.1 and loaded.loss.threshold == 2.0
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-6)
