@@ -457,4 +457,6 @@ def test_the_keras_internals_we_call_exist():
                  "_flatten_metrics_in_order", "_flatten_layers"):
         assert hasattr(model, name), name
     assert keras_internals.overrides(model, "train_step") is False
+    assert keras_internals.profiles_batches(keras.callbacks.TensorBoard(profile_batch=3))
+    assert not keras_internals.multi_worker(model.distribute_strategy)
     assert os.path.exists(keras_internals.__file__)

@@ -114,7 +114,7 @@ def test_demo_prints_the_table_draws_the_plot_and_leaves_only_what_was_asked(tmp
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     rows = {name: line for line in out.splitlines()
-            for name in ("notes' classes + model.fit", "fastcustom + fastcustom.fit")
+            for name in ("notes' classes + model.fit", "fastcustom + accelerated model.fit")
             if line.startswith(name)}
     assert len(rows) == 2, out
     for line in rows.values():  # first epoch (s), later epochs (steps/s), total (s), final loss

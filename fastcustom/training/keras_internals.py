@@ -65,3 +65,13 @@ def metrics_in_order(model, logs):
 def is_default(method):
     """Whether a callback's hook is `keras.callbacks.Callback`'s own (does nothing)."""
     return keras.src.utils.is_default(method)
+
+
+def profiles_batches(tensorboard):
+    """Whether a `keras.callbacks.TensorBoard` was given a `profile_batch` to trace."""
+    return tensorboard._start_batch > 0
+
+
+def multi_worker(strategy):
+    """Whether `strategy` spans several workers (processes), as MultiWorkerMirroredStrategy."""
+    return strategy.extended._in_multi_worker_mode()

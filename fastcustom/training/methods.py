@@ -82,7 +82,7 @@ def _has_batch_hooks(callback, kind):
     if getattr(callback, "save_freq", None) == "epoch":  # ModelCheckpoint, BackupAndRestore
         return False
     if isinstance(callback, keras.callbacks.TensorBoard):
-        return callback.update_freq != "epoch" or callback._start_batch > 0
+        return callback.update_freq != "epoch" or keras_internals.profiles_batches(callback)
     hooks = [f"on_{kind}_batch_begin", f"on_{kind}_batch_end"]
     if kind == "train":
         hooks += ["on_batch_begin", "on_batch_end"]
@@ -106,9 +106,12 @@ def _why_not(model, x, shuffle=False, steps=None):
         return "the model runs eagerly (compile(run_eagerly=True))"
     if shuffle == "batch":
         return "shuffle='batch'"
-    if model.distribute_strategy.extended._in_multi_worker_mode():
-        return "several workers (MultiWorkerMirroredStrategy)"
     is_array = keras_internals.can_convert_arrays((x,))
+    if keras_internals.multi_worker(model.distribute_strategy) and not is_array:
+        # Keras's own fit fails under several workers (keras-team/keras#20585): no hand-back.
+        raise ValueError("fastcustom trains on several workers (MultiWorkerMirroredStrategy) "
+                         "from NumPy arrays or tensors, each worker reading its own rows; got "
+                         f"{type(x).__name__}. Pass the arrays (the same on every worker).")
     if is_array and steps is not None:
         return "arrays with `steps` / `steps_per_epoch` (Keras continues across epochs)"
     if any(isinstance(t, (tf.SparseTensor, tf.RaggedTensor)) for t in tf.nest.flatten(x)):
