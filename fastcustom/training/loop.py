@@ -94,6 +94,10 @@ class CompiledLoops:
             "train": not keras_internals.overrides(model, "train_step", "compute_metrics"),
             "test": not keras_internals.overrides(model, "test_step", "compute_metrics")}
         self._compiled = {}
+        # The steps as functions of their own, traced once however often the loops call
+        # them (unrolled, the odd step, the tail); XLA inlines the calls.
+        self._train_step = tf.function(model.train_step, autograph=False)
+        self._test_step = tf.function(model.test_step, autograph=False)
 
     @property
     def compiled_with(self):
@@ -108,10 +112,20 @@ class CompiledLoops:
 
     # -- the loop, in cross-replica context ------------------------------------------
     def _run(self, step, data, reduction="auto"):
-        """One step on `data`; its outputs reduced across replicas as Keras does."""
+        """One step on `data`; its outputs reduced across replicas as Keras does.
+
+        `reduction=None`: not reduced (outputs nobody reads: no collective for them).
+        Several workers, "auto": the mean across replicas of each output (Keras's
+        `reduce_per_replica` there means scalars over an axis 0 they lack, keras#20585).
+        """
         if self.replicas == 1:
             return step(data)
         outputs = self.strategy.run(step, args=(data,))
+        if reduction is None:
+            return outputs
+        if reduction == "auto" and keras_internals.multi_worker(self.strategy):
+            return tf.nest.map_structure(
+                lambda v: self.strategy.reduce("MEAN", v, axis=None), outputs)
         return keras_internals.reduce_per_replica(outputs, self.strategy, reduction)
 
     def _steps(self, step, full, start, stop, tail, keep_last):
@@ -126,7 +140,8 @@ class CompiledLoops:
             def loop(first, per_iteration):
                 def body(index):
                     for offset in range(per_iteration):
-                        self._run(lambda data, i=index + offset: step(_take(data, i)), full)
+                        self._run(lambda data, i=index + offset: step(_take(data, i)), full,
+                                  reduction=None)
                     return (index + per_iteration,)
 
                 return tf.while_loop(lambda index: index + per_iteration <= stop, body, (first,),
@@ -148,7 +163,7 @@ class CompiledLoops:
 
     def _train_fn(self, full, start, stop, tail):
         keep = not self._steps_log_metrics["train"]
-        return self._logs("train", self._steps(self.model.train_step, full, start, stop, tail,
+        return self._logs("train", self._steps(self._train_step, full, start, stop, tail,
                                                keep))
 
     def _train_epoch_fn(self, data, order, batch_size):
@@ -158,7 +173,7 @@ class CompiledLoops:
 
     def _test_fn(self, full, start, stop, tail):
         keep = not self._steps_log_metrics["test"]
-        return self._logs("test", self._steps(self.model.test_step, full, start, stop, tail,
+        return self._logs("test", self._steps(self._test_step, full, start, stop, tail,
                                               keep))
 
     def _predict_fn(self, full, tail):
