@@ -32,7 +32,7 @@ def case_info(kernel, size, shape, implementation, device, *, work, unit, elemen
 
 
 def ceiling_info(unit, implementation, device, *, work, shape):
-    """`extra_info` of a ceiling case: a plain read (unit "B") or matmul (unit "FLOP")."""
+    """`extra_info` of a ceiling case: a memory-bound read on all cores (unit "B") or matmul (unit "FLOP")."""
     if unit not in ROOFS:
         raise ValueError(f"unknown unit {unit!r}")
     return {"kernel": ROOFS[unit][0], "size": "large", "shape": shape,

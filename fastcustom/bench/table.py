@@ -59,8 +59,9 @@ def markdown(results):
            "Medians from pytest-benchmark. Speed-up: the baseline's median (the notes' code, "
            "eager) over this one's. Throughput: bytes moved (Huber: both inputs read, plus "
            "the gradient written) or FLOPs done (MyDense) per second; *of ceiling*: that "
-           "throughput over the fastest plain read or plain `tf.matmul` measured in the "
-           "same run (bold below).", "", "## Ceilings", ""]
+           "throughput over the roof measured in the same run (bold below): a memory-bound "
+           "read of both inputs on all cores (NumPy `max`, one thread per core) or plain "
+           "`tf.matmul`.", "", "## Ceilings", ""]
     out += _ceiling_table(results) if results.ceiling_cases else ["No ceiling cases ran."]
     for kernel in KERNELS:
         if any(c.kernel == kernel for c in results.cases):
