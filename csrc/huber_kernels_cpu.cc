@@ -306,8 +306,9 @@ void ForEachBlock(OpKernelContext* ctx, int64_t blocks, int64_t elements, const 
       });
 }
 
-// Calls rows_fn(r, n, sums): sums[i] = sum_j h[r + i, j] (double), for consecutive
-// runs of the rows in [r0, r1), in order; 0 < D <= kChunk.
+// Calls rows_fn(r, n, sums): sums[i] = sum_j h[r + i, j] (Acc, or double when a float
+// sum was not finite and its row was recomputed), for consecutive runs of the rows in
+// [r0, r1), in order; 0 < D <= kChunk.
 template <typename T, typename RowsFn>
 void ShortRowSums(const T* t, const T* p, int64_t r0, int64_t r1, int64_t depth,
                   Acc<T> delta, double delta64, const RowsFn& rows_fn) {
@@ -328,13 +329,19 @@ void ShortRowSums(const T* t, const T* p, int64_t r0, int64_t r1, int64_t depth,
         sums[i] = ChunkSum(tt + i * depth, pp + i * depth, depth, delta);
       }
     }
+    bool finite = true;  // x - x is 0 unless x is inf or NaN; a loop that vectorizes
+    for (int64_t i = 0; i < rows; ++i) finite &= (sums[i] - sums[i]) == A(0);
+    if (finite) {
+      rows_fn(r, rows, static_cast<const A*>(sums));
+      continue;
+    }
     for (int64_t i = 0; i < rows; ++i) {
       const int64_t offset = (r + i) * depth;
       row_sums[i] = FiniteOrInDouble(sums[i], [&] {
         return ChunkSumInDouble(t + offset, p + offset, depth, delta64);
       });
     }
-    rows_fn(r, rows, row_sums);
+    rows_fn(r, rows, static_cast<const double*>(row_sums));
   }
 }
 
@@ -426,8 +433,10 @@ class HuberPerSampleOp : public OpKernel {
     ForEachBlock(ctx, CeilDiv(rows, rows_per_block), rows_per_block * depth, [&](int64_t b) {
       const int64_t r0 = b * rows_per_block, r1 = std::min(rows, r0 + rows_per_block);
       ShortRowSums(t, p, r0, r1, depth, delta, delta64,
-                   [out, d](int64_t r, int64_t n, const double* sums) {
-                     for (int64_t i = 0; i < n; ++i) out[r + i] = static_cast<T>(sums[i] / d);
+                   [out, d](int64_t r, int64_t n, const auto* sums) {
+                     for (int64_t i = 0; i < n; ++i) {
+                       out[r + i] = static_cast<T>(static_cast<double>(sums[i]) / d);
+                     }
                    });
     });
   }
@@ -544,9 +553,9 @@ std::pair<double, double> PerRowTotals(OpKernelContext* ctx, const T* t, const T
       const int64_t r0 = b * rows_per_block, r1 = std::min(rows, r0 + rows_per_block);
       double block_total = 0.0, block_count = 0.0;
       ShortRowSums(t, p, r0, r1, depth, delta, delta64, [&](int64_t r, int64_t n,
-                                                            const double* sums) {
+                                                            const auto* sums) {
         for (int64_t i = 0; i < n; ++i) {
-          block_total += ToDouble(w[r + i]) * sums[i];
+          block_total += ToDouble(w[r + i]) * static_cast<double>(sums[i]);
           block_count += ToDouble(w[r + i]);
         }
       });
