@@ -18,7 +18,7 @@ from fastcustom import reference
 from fastcustom.bench import case_info, ceiling_info
 from fastcustom.bench.cases import SIZES
 from fastcustom.ops.dense import dense_forward_tf
-from fastcustom.reference import notes
+from fastcustom.baselines import notes
 
 # (batch, inputs, units)
 SHAPES = {"small": (32, 8, 30), "medium": (1024, 256, 256), "large": (8192, 1024, 1024)}

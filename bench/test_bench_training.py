@@ -44,8 +44,8 @@ import pytest
 import tensorflow as tf
 
 import fastcustom
-from fastcustom.reference import notes
-from fastcustom.reference.training_loop import train_eagerly
+from fastcustom.baselines import notes
+from fastcustom.baselines.training_loop import train_eagerly
 
 SAMPLES, FEATURES, BATCH = 20_640, 8, 32
 STEPS_PER_EPOCH = -(-SAMPLES // BATCH)

@@ -4,25 +4,68 @@ Every object is a registered Keras 3 object (TensorFlow backend) that saves and
 loads with its full config; the Huber kernels run as a fused custom op when it
 is built, else as XLA-compiled graphs. `fastcustom.reference` holds the NumPy
 float64 truth they are tested against; `path_info()` says which path is active.
+
+`import fastcustom` is lazy (PEP 562): it imports neither TensorFlow nor Keras.
+The first use of a public name imports every component module, which registers
+all of them with Keras's serialization; so does `import fastcustom` when Keras is
+already imported. `fastcustom.reference` stays NumPy only.
 """
 
-from fastcustom.activations import softplus
-from fastcustom.constraints import PositiveWeights
-from fastcustom.initializers import GlorotNormalInitializer
-from fastcustom.layers import AddGaussianNoise, Exponential, MyDense, MyMultiLayer
-from fastcustom.losses import HuberFunction, HuberLoss, create_huber, huber
-from fastcustom.metrics import HuberMetric
-from fastcustom.models import ReconstructingRegressor
-from fastcustom.ops.library import status as path_info
-from fastcustom.ops.path import use_path
-from fastcustom.regularizers import L1Regularizer
-from fastcustom.training import accelerate, evaluate, fit, predict
+import importlib
+import importlib.util
+import sys
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AddGaussianNoise", "Exponential", "GlorotNormalInitializer", "HuberFunction",
-    "HuberLoss", "HuberMetric", "L1Regularizer", "MyDense", "MyMultiLayer",
-    "PositiveWeights", "ReconstructingRegressor", "accelerate", "create_huber", "evaluate",
-    "fit", "huber", "path_info", "predict", "softplus", "use_path",
-]
+# Each public name and the module that defines it (for path_info: the name there).
+_HOMES = {
+    "softplus": "fastcustom.activations",
+    "PositiveWeights": "fastcustom.constraints",
+    "GlorotNormalInitializer": "fastcustom.initializers",
+    "AddGaussianNoise": "fastcustom.layers",
+    "Exponential": "fastcustom.layers",
+    "MyDense": "fastcustom.layers",
+    "MyMultiLayer": "fastcustom.layers",
+    "HuberFunction": "fastcustom.losses",
+    "HuberLoss": "fastcustom.losses",
+    "create_huber": "fastcustom.losses",
+    "huber": "fastcustom.losses",
+    "HuberMetric": "fastcustom.metrics",
+    "ReconstructingRegressor": "fastcustom.models",
+    "path_info": ("fastcustom.ops.library", "status"),
+    "use_path": "fastcustom.ops.path",
+    "L1Regularizer": "fastcustom.regularizers",
+    "accelerate": "fastcustom.training",
+    "evaluate": "fastcustom.training",
+    "fit": "fastcustom.training",
+    "predict": "fastcustom.training",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def _register_components():
+    """Import every module that registers Keras objects (once; Python caches modules)."""
+    for home in set(_HOMES.values()):
+        importlib.import_module(home if isinstance(home, str) else home[0])
+
+
+def __getattr__(name):
+    if name in _HOMES:
+        _register_components()
+        home = _HOMES[name]
+        module, attribute = (home, name) if isinstance(home, str) else home
+        value = getattr(importlib.import_module(module), attribute)
+        globals()[name] = value
+        return value
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule, e.g. training
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+if "keras" in sys.modules:  # Keras (and TensorFlow) already paid for: register now
+    _register_components()

@@ -2,7 +2,7 @@
 
 Both train the notes' regressor (8 inputs -> 30 selu -> 30 selu -> 1, Huber loss and
 metric with threshold 2, Nadam) from the same initial weights on the same generated
-data for the same epochs: first with the notes' own classes (fastcustom.reference.notes)
+data for the same epochs: first with the notes' own classes (fastcustom.baselines.notes)
 and `model.fit`, then with fastcustom's classes and fastcustom's compiled loop. It
 prints a table of wall-clock time, steps/s and final loss for each and the speed-up,
 then saves the fast model in `.keras` format and loads it back with plain
@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 import fastcustom
-from fastcustom.reference import notes
+from fastcustom.baselines import notes
 
 THRESHOLD = 2.0
 

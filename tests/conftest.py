@@ -1,6 +1,14 @@
-"""Shared test set-up: quiet TensorFlow logs, fresh random data per test."""
+"""Shared test set-up: quiet TensorFlow logs, fresh random data per test, the one builder of
+each shared model and data set, and the one way tests run Python in a fresh interpreter.
+
+Test modules get them as fixtures (`regression_data`, `everything_model`, `notes_regressor`,
+`run_python`), each a function to call; scripts that tests run in a subprocess import the
+plain functions from here (`from conftest import make_regression_data`).
+"""
 
 import os
+import subprocess
+import sys
 import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -8,9 +16,98 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def make_regression_data(n=256, n_features=8, seed=0):
+    """`n` samples of `n_features` standard normal features and a smooth target, float32."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, n_features)).astype("float32")
+    y = (np.tanh(x[:, :1] + 0.5 * x[:, 1:2]) + 0.1 * rng.normal(size=(n, 1))).astype("float32")
+    return x, y
+
+
+def make_notes_regressor(components="fastcustom", threshold=1.0, n_features=8, seed=0):
+    """The notes' regressor, n_features -> MyDense(30, selu) x 2 -> MyDense(1), compiled with the
+    Huber loss and metric and Nadam; from fastcustom's classes or the notes' own
+    (`components="notes"`, `fastcustom.baselines.notes`). The same seed gives the same weights."""
+    import keras
+
+    if components == "notes":
+        from fastcustom.baselines import notes as classes
+        loss, metric = classes.Huberloss(threshold), classes.HuberMetric(threshold)
+    else:
+        import fastcustom as classes
+        loss, metric = classes.HuberLoss(threshold), classes.HuberMetric(threshold)
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((n_features,)),
+                              classes.MyDense(30, activation="selu"),
+                              classes.MyDense(30, activation="selu"),
+                              classes.MyDense(1)])
+    model.compile(optimizer="nadam", loss=loss, metrics=[metric])
+    return model
+
+
+def make_everything_model(seed=0, noise=0.05, n_features=8):
+    """A functional model that uses each fastcustom layer, initializer, regularizer,
+    constraint and activation once (not compiled)."""
+    import keras
+
+    import fastcustom
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((n_features,))
+    h = fastcustom.MyDense(30, activation="selu",
+                           kernel_initializer=fastcustom.GlorotNormalInitializer(seed=seed),
+                           kernel_regularizer=fastcustom.L1Regularizer(1e-4))(inputs)
+    h = fastcustom.AddGaussianNoise(noise, seed=seed)(h)
+    a = fastcustom.MyDense(10, activation=fastcustom.softplus)(h)
+    b = fastcustom.MyDense(10, kernel_constraint=fastcustom.PositiveWeights())(h)
+    total, product = fastcustom.MyMultiLayer()((a, b))
+    e = fastcustom.Exponential()(fastcustom.MyDense(5, activation="tanh")(total))
+    outputs = fastcustom.MyDense(1, dtype="float32")(keras.layers.Concatenate()([product, e]))
+    return keras.Model(inputs, outputs)
+
+
+def python_process(*argv, python=sys.executable, cwd=HERE, env=None, timeout=600):
+    """Run `python *argv` (a script and its arguments, or "-c", code, ...) in a fresh process
+    that imports what this one imports (PYTHONPATH is this sys.path), from tests/ by default.
+
+    `env` adds to or, with None as a value, removes from this process's environment. Returns
+    the finished `subprocess.CompletedProcess`, its output as text.
+    """
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}
+    environment = {name: value for name, value in environment.items() if value is not None}
+    return subprocess.run([str(python), *map(str, argv)], capture_output=True, text=True,
+                          cwd=cwd, env=environment, timeout=timeout)
+
 
 @pytest.fixture
 def rng(request):
     """A NumPy generator seeded from the test's name: fresh data per test, reproducible runs
     (crc32, not hash(): str hashes are salted per process)."""
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(scope="session")
+def regression_data():
+    """`make_regression_data(n=256, n_features=8, seed=0)`: the shared (x, y)."""
+    return make_regression_data
+
+
+@pytest.fixture(scope="session")
+def notes_regressor():
+    """`make_notes_regressor(components="fastcustom", threshold=1.0, ...)`: the notes' model."""
+    return make_notes_regressor
+
+
+@pytest.fixture(scope="session")
+def everything_model():
+    """`make_everything_model(seed=0, noise=0.05, ...)`: every fastcustom component once."""
+    return make_everything_model
+
+
+@pytest.fixture(scope="session")
+def run_python():
+    """`python_process(*argv, python=..., cwd=..., env=..., timeout=...)`."""
+    return python_process

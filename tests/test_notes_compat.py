@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 import fastcustom
-from fastcustom.reference import notes
+from fastcustom.baselines import notes
 from models_for_tests import regression_data
 
 NOTES_NAMES_TO_FASTCUSTOM = {

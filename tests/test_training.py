@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import fastcustom
-from fastcustom.reference.training_loop import train_eagerly
+from fastcustom.baselines.training_loop import train_eagerly
 from models_for_tests import regression_data
 
 HERE = os.path.dirname(__file__)

@@ -1,7 +1,8 @@
 """Plain NumPy float64 references for every numeric fastcustom component.
 
-The truth the tests compare against and the baseline the benchmarks start from.
-Tiny, obvious and slow on purpose; nothing here imports the rest of the package.
+The truth the tests and benchmarks compare against. Tiny, obvious and slow on
+purpose; it imports NumPy only, never TensorFlow, Keras or the rest of the package
+(the notes' own TensorFlow code is `fastcustom.baselines`).
 
 >>> round(float(huber([[0.0, 1.0]], [[0.6, 0.4]])[0]), 6)
 0.18

@@ -17,7 +17,7 @@ Keras's packed `(x, y, sample_weight)` tuples, as its steps take them.
   call runs them; the data set is never held whole.
 
 Shuffling arrays: one `np.random.default_rng(seed)` per `fit`, `rng.permutation(n)`
-per epoch (`fastcustom.reference.training_loop` documents the same order).
+per epoch (`fastcustom.baselines.training_loop` documents the same order).
 
 >>> import numpy as np
 >>> x = as_tensors(np.arange(10.0).reshape(5, 2), "x")
