@@ -1,4 +1,4 @@
-"""The `fastcustom` command: info | demo | profile | build-ops.
+"""The `fastcustom` command: info | demo | profile | build-ops | launch.
 
 It lives outside the `fastcustom` package because `import fastcustom` imports
 TensorFlow (seconds, and C++ start-up lines on stderr): `fastcustom --help` and
@@ -107,7 +107,31 @@ def build_parser():
     build.add_argument("--cache-dir", type=folder_path,
                        help="the cache folder (default: FASTCUSTOM_CACHE_DIR, else "
                        "$XDG_CACHE_HOME/fastcustom or ~/.cache/fastcustom)")
+
+    launch = commands.add_parser(
+        "launch", help="run a training script as N workers on this machine (TF_CONFIG)",
+        description="Starts COMMAND as N worker processes, each with a TF_CONFIG naming all "
+        "of them on free loopback ports (what tf.distribute.MultiWorkerMirroredStrategy "
+        "reads), prefixes and streams their output, stops all when one fails and restarts the "
+        "whole job up to --max-restarts times. Exits with the failing worker's code. "
+        "Example: fastcustom launch --workers 2 --max-restarts 1 -- python train.py")
+    launch.add_argument("--workers", type=positive_int, required=True, help="processes to start")
+    launch.add_argument("--max-restarts", type=non_negative_int, default=0,
+                        help="restarts of the whole job after a failure (default 0)")
+    launch.add_argument("worker_command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
+                        help="the training command, after --")
     return parser
+
+
+def load_launcher():
+    """fastcustom/distributed/launch.py, loaded by path: `import fastcustom` would import
+    TensorFlow into the launcher process, which only starts and watches workers."""
+    package = importlib.util.find_spec("fastcustom")
+    path = os.path.join(package.submodule_search_locations[0], "distributed", "launch.py")
+    spec = importlib.util.spec_from_file_location("fastcustom_launch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def quiet_tensorflow_logs():
@@ -139,6 +163,12 @@ def main(argv=None):
         return 0
     if args.command == "build-ops":
         return build_ops_command(args.cache_dir)
+    if args.command == "launch":
+        command = args.worker_command[1:] if args.worker_command[:1] == ["--"] \
+            else args.worker_command
+        if not command:
+            parser.error("launch needs a command after --, e.g. -- python train.py")
+        return load_launcher().run(command, args.workers, args.max_restarts)
     parser.error(f"unknown command {args.command}")
 
 

@@ -86,33 +86,56 @@ def epoch_batches(data, order, batch_size):
 epoch_batches_graph = tf.function(epoch_batches, autograph=False)
 
 
-def split_for_replicas(strategy, data, axis):
-    """`data` split along `axis` into one part per replica, each on its replica's device.
+def replica_rows(batch_size, replicas):
+    """(first, stop) rows of each replica's part of a batch of `batch_size` rows.
 
-    Returns per-replica values for `strategy.run`: each replica gets a
-    contiguous block of every batch, the first ones a row more when the batch
-    does not divide evenly.
+    Contiguous blocks, the first replicas a row more when the batch does not
+    divide evenly, as `tf.distribute` splits a batch.
+
+    >>> replica_rows(5, 2)
+    [(0, 3), (3, 5)]
     """
-    if data is None:
-        return None
+    sizes = [batch_size // replicas + (1 if r < batch_size % replicas else 0)
+             for r in range(replicas)]
+    stops = [sum(sizes[:r + 1]) for r in range(replicas)]
+    return [(stop - size, stop) for size, stop in zip(sizes, stops)]
+
+
+def replica_batches(strategy, data, order, batch_size):
+    """(full, tail) as per-replica values: each replica gathers its own rows of every batch.
+
+    The global batches are those of `epoch_batches` (`batch_size` rows in
+    `order`); replica `r` of `num_replicas_in_sync` takes its `replica_rows`
+    block of each, by sample index, on its own device. Under
+    `MultiWorkerMirroredStrategy` every worker holds the same arrays and the
+    same `order`, and forms only its own replicas' parts (the strategy calls
+    the value function for the local replicas, with their global ids), so the
+    workers together run exactly the global batches one device would.
+    """
+    num_samples = int(next(t for t in tf.nest.flatten(data) if t is not None).shape[0])
+    steps, leftover = divmod(num_samples, batch_size)
+    indices = tf.range(num_samples) if order is None else order
+    full_indices = tf.reshape(indices[:steps * batch_size], [steps, batch_size])
+    tail_indices = indices[steps * batch_size:]
     replicas = strategy.num_replicas_in_sync
-    devices = strategy.extended.worker_devices
+    devices = strategy.extended.worker_devices   # this worker's devices only
 
-    def parts(t):
-        size = int(t.shape[axis])
-        sizes = [size // replicas + (1 if r < size % replicas else 0) for r in range(replicas)]
-        return tf.split(t, sizes, axis=axis)
+    def per_replica(indices_of, size):
+        if not size:
+            return None
 
-    leaves = tf.nest.flatten(data)
-    flat_parts = [None if t is None else parts(t) for t in leaves]
+        def value_for(context):
+            replica = context.replica_id_in_sync_group          # global id
+            first, stop = replica_rows(size, replicas)[replica]
+            with tf.device(devices[replica % len(devices)]):     # its local device
+                rows = indices_of(first, stop)
+                return map_arrays(lambda t: tf.gather(t, rows), data)
 
-    def value_for(context):
-        replica = context.replica_id_in_sync_group
-        with tf.device(devices[replica]):
-            return tf.nest.pack_sequence_as(
-                data, [None if p is None else tf.identity(p[replica]) for p in flat_parts])
+        return strategy.experimental_distribute_values_from_function(value_for)
 
-    return strategy.experimental_distribute_values_from_function(value_for)
+    full = per_replica(lambda first, stop: full_indices[:, first:stop], batch_size * (steps > 0))
+    tail = per_replica(lambda first, stop: tail_indices[first:stop], leftover)
+    return full, tail
 
 
 class ArrayData:
@@ -139,10 +162,10 @@ class ArrayData:
         """(full, tail) in `order` (None: the stored order, formed once and kept)."""
         if order is None and self._unshuffled is not None:
             return self._unshuffled
-        full, tail = epoch_batches_graph(self.data, order, self.batch_size)
         if strategy.num_replicas_in_sync > 1:
-            full = split_for_replicas(strategy, full, axis=1)
-            tail = split_for_replicas(strategy, tail, axis=0)
+            full, tail = replica_batches(strategy, self.data, order, self.batch_size)
+        else:
+            full, tail = epoch_batches_graph(self.data, order, self.batch_size)
         if order is None:
             self._unshuffled = (full, tail)
         return full, tail

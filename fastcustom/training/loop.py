@@ -90,14 +90,19 @@ class CompiledLoops:
         self._xla = jit_compile is True or (jit_compile == "auto" and self.replicas == 1
                                             and supports_xla)
         self._may_fall_back = jit_compile == "auto"
+        if self._xla:
+            xla_cache.enable()
         self._steps_log_metrics = {
             "train": not keras_internals.overrides(model, "train_step", "compute_metrics"),
             "test": not keras_internals.overrides(model, "test_step", "compute_metrics")}
         self._compiled = {}
         # The steps as functions of their own, traced once however often the loops call
-        # them (unrolled, the odd step, the tail); XLA inlines the calls.
-        self._train_step = tf.function(model.train_step, autograph=False)
-        self._test_step = tf.function(model.test_step, autograph=False)
+        # them (unrolled, the odd step, the tail); XLA inlines the calls. Not under several
+        # replicas: `strategy.run` of a nested tf.function can't all-reduce (merge_call).
+        nest = (lambda step: tf.function(step, autograph=False)) if self.replicas == 1 \
+            else (lambda step: step)
+        self._train_step = nest(model.train_step)
+        self._test_step = nest(model.test_step)
 
     @property
     def compiled_with(self):

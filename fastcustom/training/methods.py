@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fastcustom.distributed.callbacks import for_this_worker
 from fastcustom.training import keras_internals
 from fastcustom.training.data import ArrayData, StreamData, epoch_order, window_steps
 from fastcustom.training.loop import compiled_loops
@@ -218,6 +219,8 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
 
     _build(model, train)
     loops = compiled_loops(model, jit_compile)
+    if keras_internals.multi_worker(strategy):   # several workers: only the chief writes
+        callbacks, verbose = for_this_worker(callbacks, verbose, strategy)
     callbacks = _callback_list(model, callbacks, verbose, train.steps, add_history=True,
                                epochs=epochs)
     per_call = _steps_per_call(model, steps_per_call, callbacks, "train")
@@ -225,7 +228,11 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
     model.stop_training = False
     callbacks.on_train_begin()
     training_logs, logs = None, {}
-    for epoch in range(keras_internals.initial_epoch(model, initial_epoch), epochs):
+    first_epoch = keras_internals.initial_epoch(model, initial_epoch)
+    if isinstance(train, ArrayData) and shuffle:   # a resumed fit shuffles as an uninterrupted one
+        for _ in range(first_epoch):
+            epoch_order(rng, train.num_samples, shuffle)
+    for epoch in range(first_epoch, epochs):
         model.reset_metrics()
         callbacks.on_epoch_begin(epoch)
         if isinstance(train, ArrayData) and per_call is None and loops.replicas == 1:
