@@ -90,8 +90,6 @@ class CompiledLoops:
         self._xla = jit_compile is True or (jit_compile == "auto" and self.replicas == 1
                                             and supports_xla)
         self._may_fall_back = jit_compile == "auto"
-        if self._xla:
-            xla_cache.enable()
         self._steps_log_metrics = {
             "train": not keras_internals.overrides(model, "train_step", "compute_metrics"),
             "test": not keras_internals.overrides(model, "test_step", "compute_metrics")}
