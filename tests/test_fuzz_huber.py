@@ -10,7 +10,7 @@ shapes relax to unknown dims and ranks as examples arrive). The edge rules are t
 reference's (`fastcustom.reference.huber`'s docstring).
 
 Profiles (HYPOTHESIS_PROFILE env var): the default "fastcustom-ci" runs a few
-hundred examples per test (150 each; XLA compiles once per shape, ~1 s), derandomized, so CI is reproducible and takes well under
+hundred examples (100 per test; XLA compiles once per shape, ~1 s), derandomized, so CI is reproducible and takes well under
 two minutes in all; "nightly" (HYPOTHESIS_PROFILE=nightly pytest tests/test_fuzz_huber.py)
 runs 20x more with fresh randomness and prints the seed of any failure.
 
@@ -46,7 +46,7 @@ pytestmark = [
 
 _COMMON = dict(deadline=None, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("fastcustom-ci", max_examples=int(os.environ.get("FUZZ_EXAMPLES", 150)), derandomize=True, **_COMMON)
+settings.register_profile("fastcustom-ci", max_examples=int(os.environ.get("FUZZ_EXAMPLES", 100)), derandomize=True, **_COMMON)
 settings.register_profile("nightly", max_examples=5000, **_COMMON)
 FUZZ = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE") == "nightly"
                             and "nightly" or "fastcustom-ci")
