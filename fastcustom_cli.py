@@ -123,17 +123,6 @@ def build_parser():
     return parser
 
 
-def load_launcher():
-    """fastcustom/distributed/launch.py, loaded by path: `import fastcustom` would import
-    TensorFlow into the launcher process, which only starts and watches workers."""
-    package = importlib.util.find_spec("fastcustom")
-    path = os.path.join(package.submodule_search_locations[0], "distributed", "launch.py")
-    spec = importlib.util.spec_from_file_location("fastcustom_launch", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def quiet_tensorflow_logs():
     """TensorFlow's C++ INFO and WARNING lines off (before it is imported), unless the user
     chose a level with TF_CPP_MIN_LOG_LEVEL."""
@@ -168,7 +157,8 @@ def main(argv=None):
             else args.worker_command
         if not command:
             parser.error("launch needs a command after --, e.g. -- python train.py")
-        return load_launcher().run(command, args.workers, args.max_restarts)
+        from fastcustom.distributed import launch   # standard library only: no TensorFlow
+        return launch.run(command, args.workers, args.max_restarts)
     parser.error(f"unknown command {args.command}")
 
 
