@@ -15,7 +15,13 @@ import importlib
 import importlib.util
 import sys
 
+from fastcustom import xla_cache
+
 __version__ = "0.1.0"
+
+# TensorFlow's persistent XLA cache (opt out: FASTCUSTOM_XLA_CACHE=0), set before
+# TensorFlow first reads its XLA flags; see fastcustom/xla_cache.py.
+xla_cache.enable()
 
 # Each public name and the module that defines it (for path_info: the name there).
 _HOMES = {

@@ -21,6 +21,10 @@ iteration runs two steps: XLA:CPU starts each iteration's kernels anew, a
 fixed cost comparable to a small model's step (bench/RESULTS.md); the odd
 step runs after the loop.
 
+Compiled loops are kept on disk across processes by TensorFlow's persistent
+XLA cache, which `import fastcustom` turns on (`fastcustom/xla_cache.py`;
+`FASTCUSTOM_XLA_CACHE=0` turns it off).
+
 Compilation: with `jit_compile="auto"` the loops are compiled with XLA when
 every layer supports it; if XLA cannot compile them (a custom op without an
 XLA kernel: "Detected unsupported operations") they fall back, once and with a

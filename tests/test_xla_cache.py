@@ -1,0 +1,44 @@
+"""The persistent XLA cache: a fresh process reuses a loop another compiled; opt-out works."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+FIT = """
+import numpy as np, keras, fastcustom
+x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+model.compile(optimizer="sgd", loss="mse")
+fastcustom.accelerate(model).fit(x, x[:, :1], epochs=1, verbose=0)
+import os; print("TF_XLA_FLAGS=" + os.environ.get("TF_XLA_FLAGS", ""))
+"""
+
+
+def run_fit(env):
+    result = subprocess.run([sys.executable, "-c", FIT], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_a_fit_fills_the_cache_folder_and_opting_out_leaves_it_empty(tmp_path):
+    folder = tmp_path / "xla"
+    flags = run_fit({"FASTCUSTOM_XLA_CACHE": str(folder), "TF_XLA_FLAGS": ""})
+    assert flags == f"TF_XLA_FLAGS=--tf_xla_persistent_cache_directory={folder}"
+    cached = sorted(os.listdir(folder))
+    assert cached and all(name.endswith(".pb") for name in cached)
+    run_fit({"FASTCUSTOM_XLA_CACHE": str(folder), "TF_XLA_FLAGS": ""})
+    assert sorted(os.listdir(folder)) == cached   # the second process compiled nothing new
+    off = tmp_path / "off"
+    assert run_fit({"FASTCUSTOM_XLA_CACHE": "0", "TF_XLA_FLAGS": ""}) == "TF_XLA_FLAGS="
+    assert not off.exists()
+
+
+@pytest.mark.parametrize("theirs", ["--tf_xla_persistent_cache_directory={}"])
+def test_the_users_own_cache_flag_is_kept(tmp_path, theirs):
+    flag = theirs.format(tmp_path / "mine")
+    assert run_fit({"FASTCUSTOM_XLA_CACHE": str(tmp_path / "ours"), "TF_XLA_FLAGS": flag}) == \
+        f"TF_XLA_FLAGS={flag}"
+    assert os.listdir(tmp_path / "mine") and not (tmp_path / "ours").exists()
