@@ -1,7 +1,7 @@
 """Shared test set-up: quiet TensorFlow logs, fresh random data per test, the one builder of
 each shared model and data set, and the one way tests run Python in a fresh interpreter.
 
-Test modules get them as fixtures (`regression_data`, `everything_model`, `notes_regressor`,
+Test modules get them as fixtures (`regression_data`, `everything_model`, `small_regressor`,
 `run_python`), each a function to call; scripts that tests run in a subprocess import the
 plain functions from here (`from conftest import make_regression_data`).
 """
@@ -27,25 +27,14 @@ def make_regression_data(n=256, n_features=8, seed=0):
     return x, y
 
 
-def make_notes_regressor(components="fastcustom", threshold=1.0, n_features=8, seed=0):
-    """The notes' regressor, n_features -> MyDense(30, selu) x 2 -> MyDense(1), compiled with the
-    Huber loss and metric and Nadam; from fastcustom's classes or the notes' own
-    (`components="notes"`, `fastcustom.baselines.notes`). The same seed gives the same weights."""
+def make_small_regressor(seed=0):
+    """8 -> Dense(16, selu) -> Dense(1), Keras's own layers; the same seed, the same weights."""
     import keras
 
-    if components == "notes":
-        from fastcustom.baselines import notes as classes
-        loss, metric = classes.Huberloss(threshold), classes.HuberMetric(threshold)
-    else:
-        import fastcustom as classes
-        loss, metric = classes.HuberLoss(threshold), classes.HuberMetric(threshold)
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((n_features,)),
-                              classes.MyDense(30, activation="selu"),
-                              classes.MyDense(30, activation="selu"),
-                              classes.MyDense(1)])
-    model.compile(optimizer="nadam", loss=loss, metrics=[metric])
-    return model
+    return keras.Sequential([keras.Input((8,)),
+                             keras.layers.Dense(16, "selu", kernel_initializer="lecun_normal"),
+                             keras.layers.Dense(1)])
 
 
 def make_everything_model(seed=0, noise=0.05, n_features=8):
@@ -96,9 +85,9 @@ def regression_data():
 
 
 @pytest.fixture(scope="session")
-def notes_regressor():
-    """`make_notes_regressor(components="fastcustom", threshold=1.0, ...)`: the notes' model."""
-    return make_notes_regressor
+def small_regressor():
+    """`make_small_regressor(seed=0)`: a small Keras regressor."""
+    return make_small_regressor
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from fastcustom import reference
 F32 = dict(rtol=1e-6, atol=1e-6)
 
 
-def test_l1_regularizer(rng):
+def test_l1_regularizer_matches_reference_and_saves_its_factor(rng):
     w = rng.normal(size=(5, 7)).astype("float32")
     np.testing.assert_allclose(float(fastcustom.L1Regularizer(0.03)(w)), reference.l1(w, 0.03),
                                rtol=1e-5)
@@ -34,7 +34,7 @@ def test_softplus_is_stable_and_exact(rng):
         fastcustom.softplus)
 
 
-def test_glorot_normal_statistics():
+def test_glorot_normal_has_the_glorot_stddev_and_is_not_truncated():
     w = fastcustom.GlorotNormalInitializer(seed=3)((400, 600)).numpy()
     expected = reference.glorot_normal_stddev(400, 600)
     assert abs(w.mean()) < 3 * expected / np.sqrt(w.size)
@@ -43,7 +43,7 @@ def test_glorot_normal_statistics():
     assert np.abs(w).max() > 3 * expected
 
 
-def test_glorot_seed_and_conv_fans():
+def test_glorot_normal_is_seeded_and_uses_conv_fans():
     a = fastcustom.GlorotNormalInitializer(seed=7)((3, 3, 8, 16)).numpy()
     b = fastcustom.GlorotNormalInitializer(seed=7)((3, 3, 8, 16)).numpy()
     np.testing.assert_array_equal(a, b)
@@ -52,14 +52,14 @@ def test_glorot_seed_and_conv_fans():
         fastcustom.GlorotNormalInitializer(seed=1.5)
 
 
-def test_positive_weights(rng):
+def test_positive_weights_zeroes_negatives_like_reference(rng):
     w = rng.normal(size=(6, 6)).astype("float32")
     w[0, 0] = np.nan
     got = fastcustom.PositiveWeights()(w).numpy()
     np.testing.assert_array_equal(got, reference.positive_weights(w).astype("float32"))
 
 
-def test_exponential_layer(rng):
+def test_exponential_layer_is_exp(rng):
     x = rng.normal(size=(3, 4)).astype("float32")
     np.testing.assert_allclose(fastcustom.Exponential()(x).numpy(), np.exp(x), rtol=1e-6)
 
@@ -125,17 +125,23 @@ def test_my_dense_xla_function_matches_plain(rng):
                                rtol=1e-6, atol=1e-6)
 
 
-def test_my_dense_options_regularize_and_constrain(rng):
+def test_my_dense_regularizer_adds_its_loss_and_optimizer_applies_its_constraint(rng):
     layer = fastcustom.MyDense(4, use_bias=False, kernel_regularizer=fastcustom.L1Regularizer(0.1),
                                kernel_constraint=fastcustom.PositiveWeights())
     layer(rng.normal(size=(2, 3)).astype("float32"))
     assert layer.bias is None and len(layer.trainable_weights) == 1
     np.testing.assert_allclose(float(layer.losses[0]), reference.l1(layer.kernel.numpy(), 0.1),
                                rtol=1e-5)
-    assert layer.kernel.constraint is not None
+    # one SGD step of size 1 on a gradient of ones drives most weights below 0: the optimizer
+    # applies the constraint after the step, so those come back as 0
+    before = layer.kernel.numpy()
+    keras.optimizers.SGD(1.0).apply_gradients([(tf.ones_like(layer.kernel), layer.kernel)])
+    stepped = before.astype("float64") - 1.0
+    assert (stepped < 0).any()
+    np.testing.assert_allclose(layer.kernel.numpy(), reference.positive_weights(stepped), atol=1e-7)
 
 
-def test_my_dense_bad_input():
+def test_my_dense_rejects_bad_units_and_rank_1_inputs():
     for units in (0, -3, 2.5, None):
         with pytest.raises(ValueError, match="units"):
             fastcustom.MyDense(units)

@@ -57,18 +57,17 @@ def test_build_requirement_and_extras_name_the_same_tensorflow_minor():
     assert upper in cpu and upper in gpu, "the extras must stay within the minor built against"
 
 
-def _python_script(python, script, env=None, cwd=None):
-    result = subprocess.run([str(python), "-c", script], capture_output=True, text=True,
-                            cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
+def _last_json_line_and_stderr(result):
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
 
 
 @requires_ops
-def test_the_installed_package_runs_the_fused_op(tmp_path):
+def test_the_installed_package_runs_the_fused_op(tmp_path, run_python):
     """What the README's one command built (CI: a fresh venv, build isolation on)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("FASTCUSTOM_OPS_LIBRARY", "PYTHONPATH")}
-    status, _ = _python_script(sys.executable, STATUS_AND_HUBER, cwd=tmp_path, env=env)
+    status, _ = _last_json_line_and_stderr(run_python(
+        "-c", STATUS_AND_HUBER, cwd=tmp_path,
+        env={"FASTCUSTOM_OPS_LIBRARY": None, "PYTHONPATH": None}))
     assert status["path"] == "fused-op", status["reason"]
     record = build_ops.read_record(status["library"])
     import tensorflow as tf
@@ -90,13 +89,14 @@ def _library_claiming_tensorflow(tmp_path, version):
     return copy
 
 
-def test_a_library_built_for_another_tensorflow_gives_the_xla_path_and_one_message(tmp_path):
+def test_a_library_built_for_another_tensorflow_gives_the_xla_path_and_one_message(tmp_path,
+                                                                                   run_python):
     """The library is one that loads here; only its record says TensorFlow 2.20 (as after an
     upgrade from 2.20 to this TensorFlow): it is not loaded, the import does not fail, the
     Huber loss computes on the XLA path, and stderr has one message naming the fix."""
     copy = _library_claiming_tensorflow(tmp_path, "2.20.0")
-    status, stderr = _python_script(sys.executable, STATUS_AND_HUBER, env={
-        "FASTCUSTOM_OPS_LIBRARY": str(copy), "FASTCUSTOM_CACHE_DIR": str(tmp_path / "cache")})
+    status, stderr = _last_json_line_and_stderr(run_python("-c", STATUS_AND_HUBER, env={
+        "FASTCUSTOM_OPS_LIBRARY": str(copy), "FASTCUSTOM_CACHE_DIR": str(tmp_path / "cache")}))
     assert status["path"] == "xla" and status["library"] is None
     assert "built for TensorFlow 2.20.0" in status["reason"]
     assert status["huber"] == pytest.approx(HUBER_OF_1_AND_3)

@@ -5,7 +5,6 @@ import numpy as np
 
 import fastcustom
 from fastcustom.baselines import notes
-from models_for_tests import regression_data
 
 NOTES_NAMES_TO_FASTCUSTOM = {
     "Huberloss": fastcustom.HuberLoss, "HuberMetric": fastcustom.HuberMetric,
@@ -29,7 +28,7 @@ def notes_model():
     return model
 
 
-def test_notes_model_loads_into_fastcustom_classes(tmp_path):
+def test_notes_model_loads_into_fastcustom_classes(tmp_path, regression_data):
     x, y = regression_data()
     model = notes_model()
     model.fit(x, y, epochs=1, verbose=0)

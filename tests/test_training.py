@@ -1,10 +1,6 @@
 """fastcustom.fit: parity with the eager reference loop and model.fit, XLA fallback, bad input."""
 
-import contextlib
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -13,18 +9,8 @@ import tensorflow as tf
 
 import fastcustom
 from fastcustom.baselines.training_loop import train_eagerly
-from models_for_tests import regression_data
 
-HERE = os.path.dirname(__file__)
 WEIGHTS = dict(rtol=1e-5, atol=1e-6)
-
-
-def small_model(seed=0):
-    """8 -> 16 selu -> 1, the same initial weights for the same seed."""
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input((8,)),
-                             keras.layers.Dense(16, "selu", kernel_initializer="lecun_normal"),
-                             keras.layers.Dense(1)])
 
 
 def twin(model, x):
@@ -41,11 +27,11 @@ def assert_same_weights(a, b):
 
 
 @pytest.mark.parametrize("case", ["sequential-sgd-shuffled", "reconstructing-nadam"])
-def test_matches_the_eager_reference_loop(case):
+def test_matches_the_eager_reference_loop(case, regression_data, small_regressor):
     # 100 samples in batches of 16: six full steps and a step of 4, per epoch
     x, y = regression_data(n=100)
     if case == "sequential-sgd-shuffled":
-        model, optimizer, shuffle = small_model(), lambda: keras.optimizers.SGD(0.05), True
+        model, optimizer, shuffle = small_regressor(), lambda: keras.optimizers.SGD(0.05), True
     else:  # its add_loss term counts in the loss, the gradients and the logs
         model = fastcustom.ReconstructingRegressor(1, reconstruction_weight=0.5)
         model(x[:1])
@@ -67,12 +53,13 @@ def test_matches_the_eager_reference_loop(case):
 
 
 @pytest.mark.parametrize("steps_per_call", [None, 3])
-def test_two_steps_per_iteration_match_the_eager_reference_loop(steps_per_call):
+def test_two_steps_per_iteration_match_the_eager_reference_loop(steps_per_call, regression_data,
+                                                                 small_regressor):
     # 7 full steps of 16 and a step of 8 per epoch: the loop runs iterations of two
     # steps, then the odd one; with steps_per_call=3 the bounds are tensors (calls of
     # 3, 3, 1 + the tail), so each call needs the second loop when its count is odd.
     x, y = regression_data(n=120)
-    model = small_model()
+    model = small_regressor()
     reference = twin(model, x)
     history = fastcustom.fit(model, x, y, loss=fastcustom.HuberLoss(),
                              optimizer=keras.optimizers.SGD(0.05), batch_size=16, epochs=2,
@@ -87,22 +74,22 @@ def test_two_steps_per_iteration_match_the_eager_reference_loop(steps_per_call):
     np.testing.assert_allclose(history.history["loss"], expected["loss"], rtol=1e-5)
 
 
-def test_only_small_steps_are_unrolled():
+def test_only_small_steps_are_unrolled(small_regressor):
     wide = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(1024)])
     loops = {name: fastcustom.training.loop.CompiledLoops(model, jit_compile)
              for name, model, jit_compile in
-             [("small", small_model(), "auto"), ("wide", wide, "auto"), ("graph", small_model(), False)]}
+             [("small", small_regressor(), "auto"), ("wide", wide, "auto"), ("graph", small_regressor(), False)]}
     assert loops["small"].steps_per_iteration(32) == 2
     assert loops["wide"].steps_per_iteration(32) == 1  # 1M parameters
     assert loops["graph"].steps_per_iteration(32) == 1
 
 
 @pytest.fixture(scope="module")
-def keras_and_ours():
+def keras_and_ours(regression_data, small_regressor):
     """model.fit and fastcustom.fit from the same weights, in the same order, with validation."""
     x, y = regression_data(n=200)
     x_val, y_val = regression_data(n=50, seed=1)
-    theirs = small_model()
+    theirs = small_regressor()
     ours, chunked = twin(theirs, x), twin(theirs, x)
     metrics = lambda: ["mae", fastcustom.HuberMetric()]  # noqa: E731
     theirs.compile(optimizer=keras.optimizers.Nadam(0.01), loss=fastcustom.HuberLoss(),
@@ -138,9 +125,9 @@ def test_steps_per_call_and_plain_graph_train_the_same(keras_and_ours):
     assert_same_weights(chunked, ours)
 
 
-def test_a_second_call_reuses_the_compiled_loop():
+def test_a_second_call_reuses_the_compiled_loop(regression_data, small_regressor):
     x, y = regression_data(n=64)
-    model, loss, optimizer = small_model(), fastcustom.HuberLoss(), keras.optimizers.SGD(0.1)
+    model, loss, optimizer = small_regressor(), fastcustom.HuberLoss(), keras.optimizers.SGD(0.1)
     first = fastcustom.fit(model, x, y, loss=loss, optimizer=optimizer, verbose=0)
     loops = fastcustom.training.loop.compiled_loops(model)
     second = fastcustom.fit(model, x, y, loss=loss, optimizer=optimizer, verbose=0)
@@ -157,7 +144,7 @@ class StringRoundTrip(keras.layers.Layer):
         return inputs + 0.0 * tf.strings.to_number(text)
 
 
-def test_falls_back_to_a_graph_when_xla_cannot_compile():
+def test_falls_back_to_a_graph_when_xla_cannot_compile(regression_data):
     x, y = regression_data(n=64)
     model = keras.Sequential([keras.Input((8,)), StringRoundTrip(), keras.layers.Dense(1)])
     with pytest.warns(RuntimeWarning, match="XLA could not compile"):
@@ -168,7 +155,7 @@ def test_falls_back_to_a_graph_when_xla_cannot_compile():
         fastcustom.fit(model, x, y, loss="mse", optimizer="sgd", jit_compile=True, verbose=0)
 
 
-def test_layers_see_training_true():
+def test_layers_see_training_true(regression_data):
     # lr 0: the weights stay, so the only difference between the training loss
     # and the validation loss on the same data is the noise added while training
     x, y = regression_data(n=64)
@@ -179,7 +166,7 @@ def test_layers_see_training_true():
     assert history["loss"][0] > 3 * history["val_loss"][0]
 
 
-def test_builds_an_unbuilt_model_and_takes_names(capsys):
+def test_builds_an_unbuilt_model_and_takes_names(capsys, regression_data):
     x, y = regression_data(n=40)
     model = keras.Sequential([keras.layers.Dense(4, activation="selu"), keras.layers.Dense(1)])
     history = fastcustom.fit(model, x, y, loss="mse", optimizer="nadam", metrics=["mae"],
@@ -191,20 +178,20 @@ def test_builds_an_unbuilt_model_and_takes_names(capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_a_batch_larger_than_the_data_is_one_step():
+def test_a_batch_larger_than_the_data_is_one_step(regression_data, small_regressor):
     x, y = regression_data(n=40)
     optimizer = keras.optimizers.SGD(0.1)
-    history = fastcustom.fit(small_model(), x, y, loss="mse", optimizer=optimizer,
+    history = fastcustom.fit(small_regressor(), x, y, loss="mse", optimizer=optimizer,
                              batch_size=100, epochs=3, verbose=0)
     assert history.params["steps"] == 1 and int(optimizer.iterations) == 3
     assert history.params["compiled_with"] == "xla"
 
 
-def test_shuffling_depends_on_the_seed_only():
+def test_shuffling_depends_on_the_seed_only(regression_data, small_regressor):
     x, y = regression_data(n=64)
     runs = []
     for seed in (3, 3, 4):
-        model = small_model()
+        model = small_regressor()
         fastcustom.fit(model, x, y, loss="mse", optimizer=keras.optimizers.SGD(0.1),
                        batch_size=8, seed=seed, verbose=0, jit_compile=False)
         runs.append(model.get_weights()[0])
@@ -226,10 +213,10 @@ def test_shuffling_depends_on_the_seed_only():
     (dict(metrics=["mae", "mae"]), "unique"),
     (dict(jit_compile="yes"), "jit_compile"),
 ])
-def test_bad_input_raises_value_error(kwargs, match):
+def test_bad_input_raises_value_error(kwargs, match, small_regressor):
     args = {"x": np.zeros((10, 8), "float32"), "y": np.zeros((10, 1), "float32"), "loss": "mse",
             "optimizer": "sgd", "verbose": 0, **kwargs}
-    model = small_model()
+    model = small_regressor()
     with pytest.raises(ValueError, match=match):
         fastcustom.fit(model, args.pop("x"), args.pop("y"), **args)
 
@@ -241,40 +228,8 @@ def test_a_model_that_cannot_be_built_from_x_raises_value_error():
                        optimizer="sgd", verbose=0)
 
 
-def mirrored_check():
-    """Run in a subprocess with two logical CPUs: one device vs a MirroredStrategy."""
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    x, y = regression_data(n=200)   # batches of 32 split 16 + 16, a last step of 8 as 4 + 4
-    initial = small_model().get_weights()
-    report = {"devices": devices}
-    for name, strategy in (("single", None), ("mirrored", tf.distribute.MirroredStrategy(devices))):
-        scope = strategy.scope() if strategy else contextlib.nullcontext()
-        with scope:
-            model = small_model()
-            model.set_weights(initial)
-            optimizer, metric = keras.optimizers.Nadam(0.01), fastcustom.HuberMetric()
-        history = fastcustom.fit(model, x, y, loss=fastcustom.HuberLoss(), optimizer=optimizer,
-                                 metrics=[metric], epochs=2, seed=0, validation_data=(x, y),
-                                 verbose=0)
-        report[name] = {"history": history.history, "compiled_with":
-                        history.params["compiled_with"],
-                        "weights": [w.tolist() for w in model.get_weights()]}
-    print(json.dumps(report))
-
-
-MIRRORED_SCRIPT = """
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import test_training
-test_training.mirrored_check()
-"""
-
-
-def test_mirrored_strategy_matches_one_device():
-    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True,
-                            text=True, cwd=HERE, timeout=300,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+def test_mirrored_strategy_matches_one_device(run_python):
+    result = run_python("mirrored_fit_check.py", "fastcustom.fit", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(report["devices"]) == 2
