@@ -4,12 +4,13 @@
 
 The library is huber_cuda.cu + huber_capi.cu built as a shared object (see
 bench/gpu/run.sh); it is called through ctypes with device memory from CuPy
-(if importable) or PyTorch. The math, with e = y_true - y_pred:
+(if importable) or PyTorch. The kernels on [N, D] inputs, with h as in
+`fastcustom.reference` (the reference every output is checked against):
 
-    h(e)              = e^2 / 2 if |e| <= delta else delta |e| - delta^2 / 2
-    per_sample[r]     = mean_c h(e[r, c])                  (NaN when D == 0)
-    grad_pred[r, c]   = grad[r] / D * clip(y_pred - y_true, -delta, delta)
-    (total, count)    = (sum w * h, sum w)  with w: none, per row or per element
+    per_sample[r]     = reference.huber: the mean of h over row r (NaN when D == 0)
+    grad_pred[r, c]   = reference.huber_grad_pred, with upstream grad[r]
+    (total, count)    = reference.StreamingHuberMean's (sum w * h, sum w), with
+                        w: none, per row or per element
 
 1. Correctness, per kernel and dtype, on fresh random data: against a NumPy
    float64 reference computed from the exact (rounded) inputs the GPU sees,
@@ -27,11 +28,15 @@ machine without a GPU.
 
 import argparse
 import ctypes
+import os
 import statistics
 import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from fastcustom import reference  # noqa: E402  (NumPy only: no TensorFlow)
 
 # ----------------------------------------------------------------------------
 # Dtypes: how inputs are rounded and stored, and the tolerances that follow.
@@ -88,36 +93,20 @@ DTYPES = {
 }
 
 # ----------------------------------------------------------------------------
-# The NumPy float64 reference.
+# The NumPy float64 reference: fastcustom.reference (NumPy only), in the
+# harness's layout ([N, D] inputs, weights of size 0, N or N*D).
 # ----------------------------------------------------------------------------
-
-
-def huber_value(y_true, y_pred, delta):
-    """h(y_true - y_pred) elementwise, float64; NaN stays NaN."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        e = np.asarray(y_true, np.float64) - np.asarray(y_pred, np.float64)
-        a = np.abs(e)
-        return np.where(a <= delta, 0.5 * e * e, delta * a - 0.5 * delta * delta)
-
-
-def huber_grad_pred(y_true, y_pred, delta):
-    """d h / d y_pred = clip(y_pred - y_true, -delta, delta); NaN stays NaN."""
-    with np.errstate(invalid="ignore"):
-        return np.clip(np.asarray(y_pred, np.float64) - np.asarray(y_true, np.float64), -delta, delta)
 
 
 def ref_per_sample(y_true, y_pred, delta):
     """[N, D] -> [N]: the mean of h over each row (0/0 = NaN when D == 0)."""
-    rows, cols = y_true.shape
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return huber_value(y_true, y_pred, delta).sum(axis=1) / np.float64(cols) if rows else np.zeros(0)
+    return reference.huber(y_true, y_pred, threshold=delta)
 
 
 def ref_grad(y_true, y_pred, grad, delta):
     """[N, D], [N] -> [N, D]: grad[r] / D * clip(y_pred - y_true, -delta, delta)."""
-    cols = y_true.shape[1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (np.asarray(grad, np.float64)[:, None] / cols) * huber_grad_pred(y_true, y_pred, delta)
+    with np.errstate(divide="ignore"):  # D == 0: an empty result
+        return reference.huber_grad_pred(y_true, y_pred, grad, threshold=delta)
 
 
 def broadcast_weights(weights, shape):
@@ -135,9 +124,9 @@ def broadcast_weights(weights, shape):
 
 def ref_weighted_total(y_true, y_pred, weights, delta):
     """(sum w * h, sum w) in float64, per-row weights counted D times."""
-    w = broadcast_weights(weights, y_true.shape)
-    with np.errstate(invalid="ignore", over="ignore"):
-        return float(np.sum(w * huber_value(y_true, y_pred, delta))), float(np.sum(w))
+    metric = reference.StreamingHuberMean(threshold=delta)
+    metric.update(y_true, y_pred, broadcast_weights(weights, np.shape(y_true)))
+    return metric.total, metric.count
 
 
 # ----------------------------------------------------------------------------
@@ -708,7 +697,7 @@ def print_table(copy_gbs, table, copy_bytes=COPY_BYTES):
 
 
 def target_verdict(table):
-    """The issue's target: per_sample and grad at BENCH_SHAPES[0] reach TARGET_PERCENT of the copy."""
+    """The target: per_sample and grad at BENCH_SHAPES[0] reach TARGET_PERCENT of the copy."""
     shape = "[{},{}]".format(*BENCH_SHAPES[0])
     rows = [row for row in table if row[0] in ("per_sample", "grad") and row[2] == shape]
     low = [f"{k} {d} {p:.0f}%" for k, d, _, _, _, p in rows if p < TARGET_PERCENT]

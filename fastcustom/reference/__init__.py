@@ -49,8 +49,9 @@ def huber(y_true, y_pred, threshold=1.0):
     - Weights (`StreamingHuberMean`) multiply in IEEE arithmetic: a weight of 0
       times an infinite or NaN h is NaN, as in `keras.metrics.Mean`.
     """
+    values = huber_elementwise(y_true, y_pred, threshold)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        return huber_elementwise(y_true, y_pred, threshold).mean(axis=-1)
+        return values.sum(axis=-1) / np.float64(values.shape[-1])
 
 
 def create_huber(threshold=1.0):
