@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX beside TF on one GPU
 # torch's OpenMP threads spin-wait by default; beside TF's runtime in one process on a
-# 2-core machine that makes its medium-size calls ~100x slower. Passive waiting avoids it.
+# machine with few cores they starve it and its medium-size calls. Passive waiting avoids it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402

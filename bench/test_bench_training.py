@@ -9,7 +9,7 @@
 The notes' regression model (8 inputs -> 30 selu -> 30 selu -> 1, lecun_normal),
 20,640 generated samples, batch 32 (645 steps an epoch), Nadam. The baselines are
 what the notes' readers run -- `model.fit` and the eager loop with the notes' own
-`Huberloss` and `HuberMetric` -- as the issue defines them; `model.fit` with
+`Huberloss` and `HuberMetric`; `model.fit` with
 fastcustom's `HuberLoss` and `HuberMetric` is measured too, so the speed-up of
 the loop alone is in the table as well. `fastcustom.fit` uses fastcustom's.
 Each case starts from the same initial weights, is traced and compiled in a
@@ -324,7 +324,7 @@ def final_losses():
 def ratios(per_second):
     """fastcustom.fit's speed-ups over the best model.fit and over the eager loop.
 
-    "vs best model.fit" is the issue's baseline: the notes' loss and metric, the
+    "vs best model.fit" is the baseline: the notes' loss and metric, the
     best steps_per_execution, default jit_compile. The other rows compare with
     model.fit given fastcustom's loss and metric, and with any jit_compile.
     """
@@ -356,7 +356,7 @@ def ratios(per_second):
 
 
 def test_speedups(benchmark):
-    """Ratios of the cases above (run in this session), and the loss parity check."""
+    """Ratios of the cases above (measured in the same pytest run), and the loss parity check."""
     if "fastcustom.fit" not in STEPS_PER_SECOND:
         pytest.skip("run the whole module: the ratios need the other cases")
     benchmark.group = "training summary"
