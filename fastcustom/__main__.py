@@ -1,11 +1,8 @@
-"""`python -m fastcustom ...`: the `fastcustom` command (fastcustom_cli), run as a module.
-
-The `fastcustom` command itself starts faster: this module's package imports TensorFlow.
-"""
+"""`python -m fastcustom ...`: the `fastcustom` command (fastcustom/cli.py), run as a module."""
 
 import sys
 
-from fastcustom_cli import main
+from fastcustom.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-import fastcustom_cli
+from fastcustom import cli
 
-# The installed console script; `python -m fastcustom_cli` is the same code where it is absent.
+# The installed console script; `python -m fastcustom` is the same code where it is absent.
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "fastcustom")
-COMMAND = [SCRIPT] if os.path.exists(SCRIPT) else [sys.executable, "-m", "fastcustom_cli"]
+COMMAND = [SCRIPT] if os.path.exists(SCRIPT) else [sys.executable, "-m", "fastcustom"]
 # TensorFlow's C++ log lines: "I0000 00:00:... cpu_feature_guard.cc:...]", "W0000 ...".
 TF_LOG_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d", re.MULTILINE)
 
@@ -24,24 +24,24 @@ def run_cli(*args, env=None, cwd=None):
                           capture_output=True, text=True, timeout=600)
 
 
-# Whether TensorFlow (or fastcustom's package) was imported after a command line that exits.
+# Whether TensorFlow or Keras was imported after a command line that exits.
 IMPORTS_AFTER = """
-import sys, fastcustom_cli
+import sys
+from fastcustom import cli
 try:
-    fastcustom_cli.main(sys.argv[1:])
+    cli.main(sys.argv[1:])
 except SystemExit as stop:
-    print(stop.code, "tensorflow" in sys.modules, "fastcustom" in sys.modules, file=sys.stderr)
+    print(stop.code, "tensorflow" in sys.modules, "keras" in sys.modules, file=sys.stderr)
 """
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["build-ops", "--help"],
                                   ["profile", "--logdir", "x", "--steps", "-3"]])
-def test_help_and_argument_errors_do_not_import_tensorflow(argv):
-    result = subprocess.run([sys.executable, "-c", IMPORTS_AFTER, *argv], capture_output=True,
-                            text=True, timeout=60)
-    code, tensorflow_imported, package_imported = result.stderr.strip().splitlines()[-1].split()
+def test_help_and_argument_errors_do_not_import_tensorflow(argv, run_python):
+    result = run_python("-c", IMPORTS_AFTER, *argv, timeout=60)
+    code, tensorflow_imported, keras_imported = result.stderr.strip().splitlines()[-1].split()
     assert code == ("0" if "--help" in argv else "2")
-    assert tensorflow_imported == "False" and package_imported == "False"
+    assert tensorflow_imported == "False" and keras_imported == "False"
 
 
 def test_help_names_the_program_fastcustom_and_every_command():
@@ -69,7 +69,7 @@ def test_help_names_the_program_fastcustom_and_every_command():
 ])
 def test_bad_arguments_give_one_line_and_exit_code_2(argv, message, capsys):
     with pytest.raises(SystemExit) as stopped:
-        fastcustom_cli.main(argv)
+        cli.main(argv)
     captured = capsys.readouterr()
     assert stopped.value.code == 2 and captured.out == ""
     (line,) = captured.err.splitlines()
@@ -79,10 +79,10 @@ def test_bad_arguments_give_one_line_and_exit_code_2(argv, message, capsys):
 
 def test_tensorflow_logs_are_quiet_unless_the_user_set_the_level(monkeypatch):
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
-    fastcustom_cli.quiet_tensorflow_logs()
+    cli.quiet_tensorflow_logs()
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
-    fastcustom_cli.quiet_tensorflow_logs()
+    cli.quiet_tensorflow_logs()
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
 
 

@@ -135,7 +135,7 @@ def test_python_m_build_wheel_carries_the_op_and_a_tensorflow_change_is_rebuilt(
         names = wheel.namelist()
     assert record["abi"] == "tf2.21-cxx11abi1" and record["tensorflow"].startswith("2.21.")
     assert "fastcustom/ops/_huber_ops.so" in names and "fastcustom/_csrc/huber_ops.cc" in names
-    assert "fastcustom_cli.py" in names
+    assert "fastcustom/cli.py" in names
     assert re.search(r"Requires-Dist: tensorflow-cpu<2\.22,>=2\.21; extra == \"cpu\"", metadata), metadata
 
     venv = tmp_path / "venv"

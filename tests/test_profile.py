@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from fastcustom import __main__ as cli
+from fastcustom import cli
 from fastcustom import path_info, profile
 
 needs_profiler = pytest.mark.skipif(
