@@ -159,7 +159,10 @@ def check_save_and_load(model, x, path):
     """Saves `model` to `path`, loads it with plain `load_model`; returns (same predictions, loaded)."""
     model.save(path)
     loaded = keras.models.load_model(path)
-    same = np.allclose(model.predict(x[:256], verbose=0), loaded.predict(x[:256], verbose=0))
+    # the accelerated model predicts through XLA, the loaded one through TF's kernels:
+    # the same weights give the same values to float32 rounding (~1e-7), not bit for bit
+    same = np.allclose(model.predict(x[:256], verbose=0), loaded.predict(x[:256], verbose=0),
+                       rtol=1e-5, atol=1e-6)
     return same, loaded
 
 
