@@ -37,7 +37,7 @@ def run_job(command):
 CASES = {
     "1 worker x 2 threads, xla": STEP + ["--threads", "2"],
     "1 worker x 2 threads, graph": STEP + ["--threads", "2", "--no-jit"],
-    "2 workers x 1 thread": [sys.executable, "-m", "fastcustom_cli", "launch", "--workers", "2",
+    "2 workers x 1 thread": [sys.executable, "-m", "fastcustom", "launch", "--workers", "2",
                              "--", *STEP, "--threads", "1"],
 }
 

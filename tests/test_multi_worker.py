@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 
-import fastcustom_cli
+from fastcustom import cli
 from fastcustom.distributed import launch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,7 +31,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
 def run_launcher(args, timeout):
     """`fastcustom launch ARGS` in its own process group: (exit code, output, seconds)."""
     start = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "fastcustom_cli", "launch", *args],
+    process = subprocess.Popen([sys.executable, "-m", "fastcustom", "launch", *args],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=ENV, start_new_session=True)
     try:
@@ -128,7 +128,7 @@ def test_launcher_exit_codes_and_restarts_without_tensorflow():
     launcher process never imports TensorFlow."""
     child = ("import json, os, signal; i = json.loads(os.environ['TF_CONFIG'])['task']['index'];"
              " print('attempt'); os.kill(os.getpid(), signal.SIGKILL) if i == 1 else None")
-    check = (f"import sys, fastcustom_cli; code = fastcustom_cli.main(['launch', '--workers', '2',"
+    check = (f"import sys; from fastcustom import cli; code = cli.main(['launch', '--workers', '2',"
              f" '--max-restarts', '2', '--', sys.executable, '-c', {child!r}]);"
              " print('tensorflow' in sys.modules, code)")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
@@ -140,5 +140,5 @@ def test_launcher_exit_codes_and_restarts_without_tensorflow():
 
 def test_launch_needs_a_command():
     with pytest.raises(SystemExit) as exit_info:
-        fastcustom_cli.main(["launch", "--workers", "2", "--"])
+        cli.main(["launch", "--workers", "2", "--"])
     assert exit_info.value.code == 2
