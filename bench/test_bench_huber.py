@@ -187,7 +187,14 @@ FORWARD_GRADIENT = {
     # the tape (its backward pass is a second compiled function).
     "XLA path (eager)": lambda inputs: _grad_tf_eager(
         lambda t, p: tf.reduce_mean(_huber_per_sample_xla(t, p, THRESHOLD)))(inputs),
+    # The best XLA formulation in float32, loss and gradient compiled in one function.
+    "best XLA form (float32)": lambda inputs: _forward_tf(tf.function(
+        functools.partial(_tape, _best_xla_form_mean), jit_compile=True))(inputs),
+    # HuberLoss under a tape: one fused pass writes the loss and its gradient.
     "fastcustom": lambda inputs: _grad_tf_eager(fastcustom.HuberLoss(THRESHOLD))(inputs),
+    "fastcustom (tf.function)": lambda inputs: _forward_tf(tf.function(
+        functools.partial(_tape, fastcustom.HuberLoss(THRESHOLD))))(inputs),
+    # The per-sample op and its gradient kernel: two passes.
     "fused op": _grad_fused,
     "numpy float64": _grad_numpy,
     "torch": _grad_torch,

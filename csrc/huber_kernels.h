@@ -86,6 +86,27 @@ inline absl::Status StartPerSampleGrad(tensorflow::OpKernelContext* ctx, RowLayo
   return ctx->allocate_output(0, ctx->input(1).shape(), grad_pred);
 }
 
+// HuberMeanWithGrad: the inputs checked, the scalar mean and grad_pred [..., D] allocated.
+inline absl::Status StartMeanWithGrad(tensorflow::OpKernelContext* ctx, RowLayout* layout,
+                                      tensorflow::Tensor** mean, tensorflow::Tensor** grad_pred) {
+  TF_RETURN_IF_ERROR(GetRowLayout(ctx->input(0), ctx->input(1), ctx->input(2), layout));
+  TF_RETURN_IF_ERROR(ctx->allocate_output(0, tensorflow::TensorShape({}), mean));
+  return ctx->allocate_output(1, ctx->input(1).shape(), grad_pred);
+}
+
+// HuberMeanGrad: `stored` (input 3) shaped like y_pred, `grad` (input 4) a scalar.
+inline absl::Status CheckMeanGrad(tensorflow::OpKernelContext* ctx) {
+  RowLayout layout;
+  TF_RETURN_IF_ERROR(GetRowLayout(ctx->input(0), ctx->input(1), ctx->input(2), &layout));
+  if (ctx->input(3).shape() != ctx->input(1).shape() || ctx->input(4).dims() != 0) {
+    return tensorflow::errors::InvalidArgument(
+        "stored must have y_pred's shape ", ctx->input(1).shape().DebugString(),
+        " and grad must be a scalar, got ", ctx->input(3).shape().DebugString(), " and ",
+        ctx->input(4).shape().DebugString());
+  }
+  return absl::OkStatus();
+}
+
 // HuberWeightedTotal: the inputs checked, the weights' mode found, the two float64
 // scalar outputs (total, count) allocated.
 inline absl::Status StartWeightedTotal(tensorflow::OpKernelContext* ctx, RowLayout* layout,

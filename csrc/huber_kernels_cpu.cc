@@ -1,9 +1,10 @@
 // CPU kernels of the fused Huber ops, on TensorFlow's intra-op thread pool.
 //
-//   e = y_true - y_pred,  h = 0.5 e^2 if |e| <= delta else delta |e| - 0.5 delta^2
+//   h and dh/dy_pred as stated in huber_math.h; delta is its threshold t
 //   loss[r] = (1/D) sum_j h[r, j]
 //   grad_pred[r, j] = grad[r] / D * clamp(y_pred - y_true, -delta, delta)[r, j]
 //   total = sum w h,  count = sum w   (float64)
+//   mean = total / (N D) and grad_pred = clamp(...) / (N D) in one pass (HuberMeanWithGrad)
 //
 // One summation order, whatever the thread count. A chunk of n <= kChunk
 // consecutive elements is summed in Acc (float; double for double inputs) by
@@ -20,6 +21,8 @@
 // or sum beyond float's range) is recomputed in double, from the inputs and the
 // double delta, so overflow in float never changes the answer (the rule of
 // fastcustom.reference.huber); finite sums, the common case, cost one check.
+#define EIGEN_USE_THREADS  // HuberMeanGrad scales on the Eigen thread pool device
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -175,6 +178,25 @@ std::pair<A, A> WeightedChunkSum(const A* t, const A* p, const A* w, int64_t n, 
   }
   const int width = LaneCount<A>(n);
   return {HalvingSum(total, width), HalvingSum(count, width)};
+}
+
+// ChunkSum, and grad[i] = scale * dh/dy_pred[i] written in the same pass.
+template <typename A>
+A ChunkSumAndGrad(const A* t, const A* p, int64_t n, A delta, A scale, A* grad) {
+  constexpr int kL = kLanes<A>;
+  A lane[kL] = {};
+  int64_t j = 0;
+  for (; j + kL <= n; j += kL) {
+    for (int l = 0; l < kL; ++l) {
+      lane[l] += HuberValue(t[j + l], p[j + l], delta);
+      grad[j + l] = scale * HuberGradPred(t[j + l], p[j + l], delta);
+    }
+  }
+  for (int l = 0; j + l < n; ++l) {
+    lane[l] += HuberValue(t[j + l], p[j + l], delta);
+    grad[j + l] = scale * HuberGradPred(t[j + l], p[j + l], delta);
+  }
+  return HalvingSum(lane, LaneCount<A>(n));
 }
 
 // The same sums in double, in order: for chunks whose float sum is not finite.
@@ -594,6 +616,80 @@ class HuberWeightedTotalOp : public OpKernel {
     count_out->scalar<double>()() = count;
   }
 };
+
+// The mean over every element and its gradient, one pass: the chunks and their order
+// are HuberWeightedTotal's (no weights), so mean = total / count to the bit.
+template <typename T>
+class HuberMeanWithGradOp : public OpKernel {
+ public:
+  explicit HuberMeanWithGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    static_assert(std::is_same_v<T, Acc<T>>, "float and double only: no widening");
+    RowLayout layout;
+    Tensor* mean = nullptr;
+    Tensor* grad_pred = nullptr;
+    OP_REQUIRES_OK(ctx, StartMeanWithGrad(ctx, &layout, &mean, &grad_pred));
+    const int64_t size = layout.rows * layout.depth;
+    if (size == 0) {  // Keras's divide_no_nan over no sample; per-sample means of nothing: NaN
+      mean->scalar<T>()() = layout.rows == 0 ? T(0) : std::numeric_limits<T>::quiet_NaN();
+      return;
+    }
+    const T* t = ctx->input(0).flat<T>().data();
+    const T* p = ctx->input(1).flat<T>().data();
+    T* g = grad_pred->flat<T>().data();
+    const double delta64 = Delta(ctx);
+    const auto delta = static_cast<T>(delta64);
+    const auto scale = static_cast<T>(1.0 / static_cast<double>(size));
+    Partials partials(CeilDiv(size, kBlock));
+    ForEachBlock(ctx, partials.size(), kBlock, [&](int64_t b) {
+      double block_total = 0.0;
+      const int64_t block_end = std::min(size, (b + 1) * kBlock);
+      for (int64_t e0 = b * kBlock; e0 < block_end; e0 += kChunk) {
+        const int64_t n = std::min(kChunk, block_end - e0);
+        block_total += FiniteOrInDouble(
+            ChunkSumAndGrad(t + e0, p + e0, n, delta, scale, g + e0),
+            [&] { return ChunkSumInDouble(t + e0, p + e0, n, delta64); });
+      }
+      partials[b] = {block_total, 0.0};
+    });
+    mean->scalar<T>()() = static_cast<T>(SumInOrder(partials).first / static_cast<double>(size));
+  }
+};
+
+// grad * stored; `stored` itself (no copy, no pass) when grad is 1, as it is for a loss
+// that is differentiated directly.
+template <typename T>
+class HuberMeanGradOp : public OpKernel {
+ public:
+  explicit HuberMeanGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    OP_REQUIRES_OK(ctx, CheckMeanGrad(ctx));
+    const Tensor& stored = ctx->input(3);
+    const T grad = ctx->input(4).scalar<T>()();
+    if (grad == T(1)) {
+      ctx->set_output(0, stored);
+      return;
+    }
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({3}, 0, stored.shape(), &out));
+    out->flat<T>().device(ctx->eigen_device<Eigen::ThreadPoolDevice>()) = stored.flat<T>() * grad;
+  }
+};
+
+#define FASTCUSTOM_REGISTER_MEAN_CPU(T)                                                    \
+  REGISTER_KERNEL_BUILDER(                                                                 \
+      Name("FastCustom>HuberMeanWithGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),      \
+      HuberMeanWithGradOp<T>);                                                             \
+  REGISTER_KERNEL_BUILDER(                                                                 \
+      Name("FastCustom>HuberMeanGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),          \
+      HuberMeanGradOp<T>);
+
+FASTCUSTOM_REGISTER_MEAN_CPU(float);
+FASTCUSTOM_REGISTER_MEAN_CPU(double);
+
+#undef FASTCUSTOM_REGISTER_MEAN_CPU
 
 #define FASTCUSTOM_REGISTER_CPU(T)                                                         \
   REGISTER_KERNEL_BUILDER(                                                                 \

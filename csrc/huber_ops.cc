@@ -1,11 +1,15 @@
 // Registration (signatures and shape functions) of the fused Huber ops; the
 // kernels live in huber_kernels_cpu.cc and huber_kernels_gpu.cu.cc.
 //
-// y_true, y_pred: [..., D], seen as N rows x D;  e = y_true - y_pred;
-//   h(e) = 0.5 e^2 if |e| <= delta, else delta |e| - 0.5 delta^2.
+// y_true, y_pred: [..., D], seen as N rows x D;  e = y_true - y_pred;  h and its
+// derivative as stated in huber_math.h (delta there is the threshold t).
 //
 //   HuberPerSample:      loss[r]         = (1/D) sum_j h(e[r, j])         shape [...]
 //   HuberPerSampleGrad:  grad_pred[r, j] = grad[r] / D * clamp(-e[r, j], -delta, delta)
+//   HuberMeanWithGrad:   mean = (1/(N D)) sum_rj h(e[r, j]) (= the mean of HuberPerSample),
+//                        grad_pred[r, j] = clamp(-e[r, j], -delta, delta) / (N D), both in
+//                        one pass (CPU; float, double): d mean / d y_pred, stored for
+//   HuberMeanGrad:       grad_pred = grad * stored (a scalar grad; no copy when it is 1).
 //   HuberWeightedTotal:  total = sum w h, count = sum w (float64 scalars), where
 //                        weights has N*D entries (per element), N (per row, counting
 //                        once per element of its row) or 0 (every w = 1).
@@ -44,6 +48,23 @@ absl::Status PerSampleGradShape(InferenceContext* c) {
   return absl::OkStatus();
 }
 
+absl::Status MeanWithGradShape(InferenceContext* c) {
+  ShapeHandle pair;
+  TF_RETURN_IF_ERROR(PairShape(c, &pair));
+  c->set_output(0, c->Scalar());
+  c->set_output(1, pair);
+  return absl::OkStatus();
+}
+
+absl::Status MeanGradShape(InferenceContext* c) {
+  ShapeHandle pair, stored, unused;
+  TF_RETURN_IF_ERROR(PairShape(c, &pair));
+  TF_RETURN_IF_ERROR(c->Merge(c->input(3), pair, &stored));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 0, &unused));
+  c->set_output(0, stored);
+  return absl::OkStatus();
+}
+
 absl::Status WeightedTotalShape(InferenceContext* c) {
   ShapeHandle pair, unused;
   TF_RETURN_IF_ERROR(PairShape(c, &pair));
@@ -73,6 +94,29 @@ REGISTER_OP("FastCustom>HuberPerSampleGrad")
     .Attr("T: {half, bfloat16, float, double}")
     .SetShapeFn(PerSampleGradShape)
     .Doc("d/dy_pred of sum(grad * HuberPerSample(y_true, y_pred, delta)).");
+
+REGISTER_OP("FastCustom>HuberMeanWithGrad")
+    .Input("y_true: T")
+    .Input("y_pred: T")
+    .Input("delta: double")
+    .Output("mean: T")
+    .Output("grad_pred: T")
+    .Attr("T: {float, double}")
+    .SetShapeFn(MeanWithGradShape)
+    .Doc("The mean of h(y_true - y_pred) over every element, and its gradient w.r.t. "
+         "y_pred, in one pass over the inputs.");
+
+// y_true, y_pred and delta are not read: they are there for this op's own gradient.
+REGISTER_OP("FastCustom>HuberMeanGrad")
+    .Input("y_true: T")
+    .Input("y_pred: T")
+    .Input("delta: double")
+    .Input("stored: T")
+    .Input("grad: T")
+    .Output("grad_pred: T")
+    .Attr("T: {float, double}")
+    .SetShapeFn(MeanGradShape)
+    .Doc("grad * stored, where stored is HuberMeanWithGrad's grad_pred output.");
 
 REGISTER_OP("FastCustom>HuberWeightedTotal")
     .Input("y_true: T")

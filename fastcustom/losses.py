@@ -7,9 +7,10 @@
 """
 
 import keras
+import tensorflow as tf
 
 from fastcustom._validation import positive_finite
-from fastcustom.ops.huber import huber_per_sample
+from fastcustom.ops.huber import huber_mean_for_tape, huber_per_sample
 
 _register = keras.saving.register_keras_serializable(package="fastcustom")
 
@@ -71,7 +72,11 @@ class HuberLoss(keras.losses.Loss):
     """Huber loss: `mean(h(y_true - y_pred), axis=-1)` per sample, then `reduction`.
 
     Sample weights, masks and every Keras reduction come from
-    `keras.losses.Loss`; `threshold` comes back from `get_config`.
+    `keras.losses.Loss`; `threshold` comes back from `get_config`. Differentiated
+    under a `tf.GradientTape` (as `model.fit` does), the default reduction without
+    weights or masks is one fused pass that also writes the gradient
+    (`fastcustom.ops.huber.huber_mean_for_tape`); the value is the same mean,
+    rounded once.
 
     >>> import numpy as np
     >>> loss = HuberLoss(threshold=1.0)
@@ -83,6 +88,18 @@ class HuberLoss(keras.losses.Loss):
                  dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.threshold = positive_finite(threshold, "threshold")
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if (sample_weight is None and self.reduction in ("sum_over_batch_size", "mean")
+                and getattr(y_pred, "_keras_mask", None) is None
+                and not tf.distribute.has_strategy()):
+            with tf.name_scope(self.name):
+                mean = huber_mean_for_tape(
+                    keras.ops.convert_to_tensor(y_true, dtype=self.dtype),
+                    keras.ops.convert_to_tensor(y_pred, dtype=self.dtype), self.threshold)
+            if mean is not None:
+                return mean
+        return super().__call__(y_true, y_pred, sample_weight)
 
     def call(self, y_true, y_pred):
         return huber_per_sample(y_true, y_pred, self.threshold)

@@ -313,6 +313,115 @@ def test_second_derivatives_match_the_xla_path(rng, dtype):
 
 
 # ----------------------------------------------------------------------------
+# The mean with its gradient in one pass (HuberLoss under a tape)
+# ----------------------------------------------------------------------------
+@needs_ops
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64], ids=dtype_id)
+@pytest.mark.parametrize("shape", [(1, 1), (0, 4), (4, 0), (33, 3), (300, 16), (9, 17),
+                                   (2, 3, 8), (3, 70_001)], ids=str)
+def test_mean_with_grad_matches_reference(rng, shape, dtype):
+    y_true, y_pred = make_pair(rng, shape, dtype)
+    mean, grad = OPS.huber_mean_with_grad(y_true, y_pred, delta_of(0.8))
+    assert mean.dtype == grad.dtype == dtype and mean.shape == () and grad.shape == shape
+    rows = int(np.prod(shape[:-1]))
+    if rows == 0:   # Keras's sum_over_batch_size of no sample
+        assert mean.numpy() == 0
+    else:
+        np.testing.assert_allclose(f64(mean), reference.huber(f64(y_true), f64(y_pred), 0.8).mean(),
+                                   rtol=MEAN_RTOL[dtype])
+    upstream = np.full(shape[:-1], 1.0 / max(rows, 1))
+    np.testing.assert_allclose(f64(grad), reference.huber_grad_pred(f64(y_true), f64(y_pred),
+                                                                    upstream, 0.8),
+                               rtol=2 * ELEMENT_RTOL[dtype])
+    if rows and shape[-1]:  # the same chunks in the same order as the unweighted total
+        total, count = OPS.huber_weighted_total(y_true, y_pred, delta_of(0.8), tf.zeros([0], dtype))
+        assert mean.numpy() == tf.cast(total / count, dtype).numpy()
+
+
+@needs_ops
+def test_mean_grad_scales_the_stored_gradient(rng):
+    y_true, y_pred = make_pair(rng, (50, 7), tf.float32)
+    mean, stored = OPS.huber_mean_with_grad(y_true, y_pred, delta_of(1.0))
+    for scale in (1.0, -2.5, 0.0):
+        got = OPS.huber_mean_grad(y_true, y_pred, delta_of(1.0), stored, tf.constant(scale))
+        np.testing.assert_array_equal(got.numpy(), scale * stored.numpy())
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
+        OPS.huber_mean_grad(y_true, y_pred, delta_of(1.0), stored, tf.ones([2]))
+
+
+def op_types(fn, *args):
+    return {op.type for op in tf.function(fn).get_concrete_function(*args).graph.get_operations()}
+
+
+@needs_ops
+def test_loss_under_a_tape_is_one_pass_and_the_forward_alone_writes_no_gradient(rng):
+    y_true, y_pred = make_pair(rng, (64, 16), tf.float32)
+    loss = fastcustom.HuberLoss(1.3)
+
+    def loss_and_grad(y_true, y_pred):
+        with tf.GradientTape() as tape:
+            tape.watch(y_pred)
+            value = loss(y_true, y_pred)
+        return value, tape.gradient(value, y_pred)
+
+    graph_ops = op_types(loss_and_grad, y_true, y_pred)
+    assert {"FastCustom>HuberMeanWithGrad", "FastCustom>HuberMeanGrad"} <= graph_ops
+    assert not {"FastCustom>HuberPerSample", "FastCustom>HuberPerSampleGrad"} & graph_ops
+    forward_ops = op_types(lambda t, p: loss(t, p), y_true, y_pred)
+    assert "FastCustom>HuberPerSample" in forward_ops
+    assert "FastCustom>HuberMeanWithGrad" not in forward_ops
+
+    with fastcustom.use_path("xla"):
+        expected = loss_and_grad(y_true, y_pred)
+    for got in (loss_and_grad(y_true, y_pred), tf.function(loss_and_grad)(y_true, y_pred)):
+        np.testing.assert_allclose(got[0].numpy(), expected[0].numpy(), rtol=1e-6)
+        np.testing.assert_allclose(got[1].numpy(), expected[1].numpy(), rtol=1e-6, atol=1e-12)
+
+
+@needs_ops
+def test_loss_under_a_tape_with_weights_or_scaled_matches_the_xla_path(rng):
+    y_true = tf.Variable(make_pair(rng, (20, 5), tf.float32)[0])
+    y_pred = tf.Variable(make_pair(rng, (20, 5), tf.float32)[1])
+    weights = tf.constant(rng.uniform(0, 2, 20), tf.float32)
+    loss = fastcustom.HuberLoss(0.9)
+
+    def grads():
+        with tf.GradientTape() as tape:
+            value = 3.0 * loss(y_true, y_pred) + loss(y_true, y_pred, sample_weight=weights)
+        return [value] + tape.gradient(value, [y_true, y_pred])
+
+    fused = grads()
+    with fastcustom.use_path("xla"):
+        xla = grads()
+    for got, expected in zip(fused, xla):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-9)
+
+
+@needs_ops
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64], ids=dtype_id)
+def test_second_derivatives_of_the_mean_match_the_xla_path(rng, dtype):
+    y_true, y_pred = (rng.standard_normal((6, 5)) * 2 for _ in range(2))
+    y_pred[0, :2] = y_true[0, :2] + [0.75, -0.75]   # at +-threshold: the quadratic branch
+    loss = fastcustom.HuberLoss(0.75, dtype=dtype.name)
+
+    def second_derivatives():
+        true_var, pred_var = (tf.Variable(tf.constant(v, dtype)) for v in (y_true, y_pred))
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                value = 2.0 * loss(true_var, pred_var)
+            slope = inner.gradient(value, pred_var)
+            directional = tf.reduce_sum(slope * tf.sin(pred_var))
+        return [g.numpy() for g in outer.gradient(directional, [true_var, pred_var])]
+
+    fused = second_derivatives()
+    with fastcustom.use_path("xla"):
+        xla = second_derivatives()
+    for got, expected, name in zip(fused, xla, ("y_true", "y_pred")):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9, err_msg=name)
+    assert np.count_nonzero(fused[1]) > 10
+
+
+# ----------------------------------------------------------------------------
 # Where the fused op is taken
 # ----------------------------------------------------------------------------
 def fused_in_graph(fn, *args):

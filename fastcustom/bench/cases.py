@@ -15,7 +15,8 @@ SIZES = ("small", "medium", "large")
 # Implementations, in report order; the first is the baseline every speed-up divides.
 BASELINE = "notes (eager)"
 IMPLEMENTATIONS = (BASELINE, "notes Mean-based (eager)", "keras built-in", "tf.function",
-                   "tf.function + XLA", "XLA path (eager)", "fastcustom", "fused op",
+                   "tf.function + XLA", "XLA path (eager)", "best XLA form (float32)",
+                   "fastcustom", "fastcustom (tf.function)", "fused op",
                    "numpy float64", "torch", "jax + optax")
 
 # The roof of each unit, and how the report names and scales its throughput.

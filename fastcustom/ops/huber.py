@@ -28,6 +28,7 @@ bench/test_bench_huber.py) and exact to the output dtype at any row length.
 
 import keras
 import tensorflow as tf
+from tensorflow.python.eager import record
 
 from fastcustom.ops import library
 from fastcustom.ops.path import forced_path
@@ -195,6 +196,35 @@ def huber_per_sample(y_true, y_pred, threshold=1.0):
     if in_xla_context():
         return huber_per_sample_tf(y_true, y_pred, threshold)
     return _huber_per_sample_xla(y_true, y_pred, _threshold(threshold))
+
+
+_MEAN_WITH_GRAD_DTYPES = (tf.float32, tf.float64)
+
+
+def huber_mean_for_tape(y_true, y_pred, threshold=1.0):
+    """The mean of h over every element, with d mean / d y_pred written in the same pass;
+    or None when that op does not serve the call.
+
+    It serves when the fused op would (see `huber_per_sample`), on the CPU, for float32
+    and float64, and only while a `tf.GradientTape` records y_pred or y_true (eagerly or
+    while a `tf.function` is traced, as in `model.fit`'s train step): a forward pass
+    nobody differentiates takes `huber_per_sample` and writes no gradient. The
+    registered gradient then only scales that stored gradient by the upstream scalar
+    (`fastcustom.ops.huber_gradients`): inputs read once, gradient written once, where
+    per-sample values and their gradient take two passes. Elsewhere (`tf.gradients`
+    in a graph, a `tf.function` differentiated from outside) the per-sample path and
+    its one-pass gradient kernel serve.
+    """
+    y_true, y_pred = prepare_pair(y_true, y_pred)
+    if (y_pred.dtype not in _MEAN_WITH_GRAD_DTYPES or y_pred.shape.rank is None
+            or y_pred.shape.rank < 2 or 0 in y_pred.shape
+            or not record.should_record_backprop([y_true, y_pred])):
+        return None
+    ops = _fused_ops_for(y_pred)
+    if ops is None or not _runs_on_cpu(y_pred):
+        return None
+    y_true, y_pred = _broadcast_pair(y_true, y_pred)
+    return ops.huber_mean_with_grad(y_true, y_pred, _threshold(threshold))[0]
 
 
 def _standardize_weights(sample_weight, y_pred):

@@ -1,9 +1,11 @@
 """Loads the fused Huber op library once, and says which Huber path is active.
 
 The library (`_huber_ops.so` next to this module, built by setup.py) holds
-`FastCustom>HuberPerSample` (mean over the last axis of h(y_true - y_pred),
-h(e) = e^2/2 if |e| <= delta else delta |e| - delta^2/2), its fused gradient
-and `FastCustom>HuberWeightedTotal`. When it is missing or fails to load (a
+`FastCustom>HuberPerSample` (mean over the last axis of h(y_true - y_pred), h as
+in `fastcustom.reference.huber`), its fused gradient, `FastCustom>HuberMeanWithGrad`
+(the mean over every element and its gradient, one pass), `FastCustom>HuberMeanGrad`
+and `FastCustom>HuberWeightedTotal`; the loader hands them to
+`huber_gradients.register`. When it is missing or fails to load (a
 library built for another TensorFlow, say), `huber_ops()` warns once with the
 reason and returns None, and dispatch takes the XLA path. A library with CUDA
 kernels is also tried once on the first GPU TensorFlow sees; when that call fails
@@ -32,6 +34,7 @@ import tensorflow as tf
 from tensorflow.python.framework import kernels
 
 from fastcustom import build_ops
+from fastcustom.ops import huber_gradients
 
 LIBRARY_NAME = build_ops.LIBRARY_NAME
 REBUILD_COMMAND = "fastcustom build-ops"
@@ -74,7 +77,8 @@ def library_path():
 # Python (never converted by AutoGraph), and its one kernel call eagerly.
 @tf.autograph.experimental.do_not_convert
 def huber_ops():
-    """The fused ops (`huber_per_sample`, `huber_per_sample_grad`, `huber_weighted_total`), or None."""
+    """The fused ops (`huber_per_sample`, `huber_per_sample_grad`, `huber_mean_with_grad`,
+    `huber_mean_grad`, `huber_weighted_total`), or None."""
     return _state()[0]
 
 
@@ -135,7 +139,7 @@ def _load_library(path):
     except Exception as error:  # NotFoundError for undefined symbols, a bad ELF file, ...
         return _fall_back(f"op library {path} failed to load: {error}; "
                           f"run `{REBUILD_COMMAND}` to rebuild it".strip())
-    from fastcustom.ops import huber_gradients  # noqa: F401  (registers the fused gradient)
+    huber_gradients.register(ops)
 
     registered = kernels.get_registered_kernels_for_op(_OP_NAME).kernel
     dtypes = sorted({tf.dtypes.as_dtype(t).name for k in registered if k.device_type == "CPU"
@@ -171,6 +175,8 @@ def _smoke_tested(module):
         huber_per_sample=module.fast_custom_huber_per_sample,
         huber_per_sample_grad=module.fast_custom_huber_per_sample_grad,
         huber_weighted_total=module.fast_custom_huber_weighted_total,
+        huber_mean_with_grad=module.fast_custom_huber_mean_with_grad,
+        huber_mean_grad=module.fast_custom_huber_mean_grad,
     )
     value, _ = _huber_of_one(ops, "/CPU:0")
     if value != [0.5]:
