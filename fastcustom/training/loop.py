@@ -19,7 +19,8 @@ precision, and any override of the steps.
 For small steps (trainable parameters x batch size <= `SMALL_STEP`) an
 iteration runs two steps: XLA:CPU starts each iteration's kernels anew, a
 fixed cost comparable to a small model's step (bench/RESULTS.md); the odd
-step runs after the loop.
+step runs after the loop (inline when the count is known when tracing, as for a
+whole epoch; else in a second loop).
 
 Compiled loops are kept on disk across processes by TensorFlow's persistent
 XLA cache, which `import fastcustom` turns on (`fastcustom/xla_cache.py`;
@@ -155,7 +156,11 @@ class CompiledLoops:
                                      parallel_iterations=1)[0]
 
             index = loop(start, per_iteration)
-            if per_iteration > 1:
+            first, last = tf.get_static_value(start), tf.get_static_value(stop)
+            if first is not None and last is not None:   # a whole epoch: the count is known
+                if (last - first) % per_iteration:          # the odd step, inline
+                    self._run(lambda data: step(_take(data, last - 1)), full, reduction=None)
+            elif per_iteration > 1:
                 loop(index, 1)
             if keep_last and tail is None:
                 last_outputs = self._run(lambda data: step(_take(data, stop)), full)
