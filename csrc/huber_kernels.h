@@ -2,7 +2,7 @@
 // (device-neutral: the CPU and GPU kernels start with the same Start* call).
 //
 // y_true and y_pred have one shape [..., D] (rank >= 1), seen as N rows x D
-// with 64-bit indexing; delta is a float64 scalar; the upstream gradient of
+// with 64-bit indexing; threshold is a float64 scalar; the upstream gradient of
 // HuberPerSample has shape [...]; HuberWeightedTotal's 1-D weights have
 // N*D entries (one per element), N (one per row) or none (every weight 1).
 #ifndef FASTCUSTOM_HUBER_KERNELS_H_
@@ -25,15 +25,15 @@ struct RowLayout {
 
 inline absl::Status GetRowLayout(const tensorflow::Tensor& y_true,
                                  const tensorflow::Tensor& y_pred,
-                                 const tensorflow::Tensor& delta, RowLayout* layout) {
+                                 const tensorflow::Tensor& threshold, RowLayout* layout) {
   if (y_true.shape() != y_pred.shape() || y_pred.dims() < 1) {
     return tensorflow::errors::InvalidArgument(
         "y_true and y_pred must have the same shape of rank >= 1, got y_true shape ",
         y_true.shape().DebugString(), " and y_pred shape ", y_pred.shape().DebugString());
   }
-  if (delta.dims() != 0) {
-    return tensorflow::errors::InvalidArgument("delta must be a scalar, got shape ",
-                                               delta.shape().DebugString());
+  if (threshold.dims() != 0) {
+    return tensorflow::errors::InvalidArgument("threshold must be a scalar, got shape ",
+                                               threshold.shape().DebugString());
   }
   layout->depth = y_pred.dim_size(y_pred.dims() - 1);
   layout->row_shape = y_pred.shape();
@@ -118,8 +118,8 @@ inline absl::Status StartWeightedTotal(tensorflow::OpKernelContext* ctx, RowLayo
   return ctx->allocate_output(1, tensorflow::TensorShape({}), count);
 }
 
-// The `delta` input (a float64 scalar in host memory, checked by GetRowLayout).
-inline double Delta(tensorflow::OpKernelContext* ctx) { return ctx->input(2).scalar<double>()(); }
+// The `threshold` input (a float64 scalar in host memory, checked by GetRowLayout).
+inline double Threshold(tensorflow::OpKernelContext* ctx) { return ctx->input(2).scalar<double>()(); }
 
 }  // namespace fastcustom
 

@@ -1,8 +1,8 @@
 // CPU kernels of the fused Huber ops, on TensorFlow's intra-op thread pool.
 //
-//   h and dh/dy_pred as stated in huber_math.h; delta is its threshold t
+//   h and dh/dy_pred as stated in huber_math.h (t = threshold)
 //   loss[r] = (1/D) sum_j h[r, j]
-//   grad_pred[r, j] = grad[r] / D * clamp(y_pred - y_true, -delta, delta)[r, j]
+//   grad_pred[r, j] = grad[r] / D * clamp(y_pred - y_true, -threshold, threshold)[r, j]
 //   total = sum w h,  count = sum w   (float64)
 //   mean = total / (N D) and grad_pred = clamp(...) / (N D) in one pass (HuberMeanWithGrad)
 //
@@ -19,7 +19,7 @@
 //
 // A float chunk or row sum that is not finite (an inf or NaN input, or a value
 // or sum beyond float's range) is recomputed in double, from the inputs and the
-// double delta, so overflow in float never changes the answer (the rule of
+// double threshold, so overflow in float never changes the answer (the rule of
 // fastcustom.reference.huber); finite sums, the common case, cost one check.
 #define EIGEN_USE_THREADS  // HuberMeanGrad scales on the Eigen thread pool device
 
@@ -148,32 +148,32 @@ A HalvingSum(A* lane, int width) {
 }
 
 template <typename A>
-A ChunkSum(const A* t, const A* p, int64_t n, A delta) {
+A ChunkSum(const A* t, const A* p, int64_t n, A threshold) {
   constexpr int kL = kLanes<A>;
   A lane[kL] = {};
   int64_t j = 0;
   for (; j + kL <= n; j += kL) {
-    for (int l = 0; l < kL; ++l) lane[l] += HuberValue(t[j + l], p[j + l], delta);
+    for (int l = 0; l < kL; ++l) lane[l] += HuberValue(t[j + l], p[j + l], threshold);
   }
-  for (int l = 0; j + l < n; ++l) lane[l] += HuberValue(t[j + l], p[j + l], delta);
+  for (int l = 0; j + l < n; ++l) lane[l] += HuberValue(t[j + l], p[j + l], threshold);
   return HalvingSum(lane, LaneCount<A>(n));
 }
 
 // (sum w h, sum w) over one chunk.
 template <typename A>
-std::pair<A, A> WeightedChunkSum(const A* t, const A* p, const A* w, int64_t n, A delta) {
+std::pair<A, A> WeightedChunkSum(const A* t, const A* p, const A* w, int64_t n, A threshold) {
   constexpr int kL = kLanes<A>;
   A total[kL] = {};
   A count[kL] = {};
   int64_t j = 0;
   for (; j + kL <= n; j += kL) {
     for (int l = 0; l < kL; ++l) {
-      total[l] += w[j + l] * HuberValue(t[j + l], p[j + l], delta);
+      total[l] += w[j + l] * HuberValue(t[j + l], p[j + l], threshold);
       count[l] += w[j + l];
     }
   }
   for (int l = 0; j + l < n; ++l) {
-    total[l] += w[j + l] * HuberValue(t[j + l], p[j + l], delta);
+    total[l] += w[j + l] * HuberValue(t[j + l], p[j + l], threshold);
     count[l] += w[j + l];
   }
   const int width = LaneCount<A>(n);
@@ -182,37 +182,37 @@ std::pair<A, A> WeightedChunkSum(const A* t, const A* p, const A* w, int64_t n, 
 
 // ChunkSum, and grad[i] = scale * dh/dy_pred[i] written in the same pass.
 template <typename A>
-A ChunkSumAndGrad(const A* t, const A* p, int64_t n, A delta, A scale, A* grad) {
+A ChunkSumAndGrad(const A* t, const A* p, int64_t n, A threshold, A scale, A* grad) {
   constexpr int kL = kLanes<A>;
   A lane[kL] = {};
   int64_t j = 0;
   for (; j + kL <= n; j += kL) {
     for (int l = 0; l < kL; ++l) {
-      lane[l] += HuberValue(t[j + l], p[j + l], delta);
-      grad[j + l] = scale * HuberGradPred(t[j + l], p[j + l], delta);
+      lane[l] += HuberValue(t[j + l], p[j + l], threshold);
+      grad[j + l] = scale * HuberGradPred(t[j + l], p[j + l], threshold);
     }
   }
   for (int l = 0; j + l < n; ++l) {
-    lane[l] += HuberValue(t[j + l], p[j + l], delta);
-    grad[j + l] = scale * HuberGradPred(t[j + l], p[j + l], delta);
+    lane[l] += HuberValue(t[j + l], p[j + l], threshold);
+    grad[j + l] = scale * HuberGradPred(t[j + l], p[j + l], threshold);
   }
   return HalvingSum(lane, LaneCount<A>(n));
 }
 
 // The same sums in double, in order: for chunks whose float sum is not finite.
 template <typename T>
-double ChunkSumInDouble(const T* t, const T* p, int64_t n, double delta) {
+double ChunkSumInDouble(const T* t, const T* p, int64_t n, double threshold) {
   double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) sum += HuberValue(ToDouble(t[i]), ToDouble(p[i]), delta);
+  for (int64_t i = 0; i < n; ++i) sum += HuberValue(ToDouble(t[i]), ToDouble(p[i]), threshold);
   return sum;
 }
 
 template <typename T>
 std::pair<double, double> WeightedChunkSumInDouble(const T* t, const T* p, const T* w,
-                                                   int64_t n, double delta) {
+                                                   int64_t n, double threshold) {
   double total = 0.0, count = 0.0;
   for (int64_t i = 0; i < n; ++i) {
-    total += ToDouble(w[i]) * HuberValue(ToDouble(t[i]), ToDouble(p[i]), delta);
+    total += ToDouble(w[i]) * HuberValue(ToDouble(t[i]), ToDouble(p[i]), threshold);
     count += ToDouble(w[i]);
   }
   return {total, count};
@@ -267,28 +267,28 @@ inline void HalveRows(Vec<A>* v, int count) {
 
 // h of n rows of depth <= kP, each padded with zeros to kP values.
 template <typename A, int kP>
-inline void PaddedRowValues(const A* t, const A* p, int64_t n, int64_t depth, A delta, A* h) {
+inline void PaddedRowValues(const A* t, const A* p, int64_t n, int64_t depth, A threshold, A* h) {
   if (depth == kP) {
-    for (int64_t i = 0; i < n * kP; ++i) h[i] = HuberValue(t[i], p[i], delta);
+    for (int64_t i = 0; i < n * kP; ++i) h[i] = HuberValue(t[i], p[i], threshold);
     return;
   }
   for (int64_t r = 0; r < n; ++r) {
     for (int j = 0; j < kP; ++j) {
       const int64_t i = r * depth + j;
-      h[r * kP + j] = j < depth ? HuberValue(t[i], p[i], delta) : A(0);
+      h[r * kP + j] = j < depth ? HuberValue(t[i], p[i], threshold) : A(0);
     }
   }
 }
 
 // sums[r] = sum_j h[r, j] for `rows` rows of depth <= kLanes; kP = bit_ceil(depth).
 template <typename A, int kP>
-void SmallRowSums(const A* t, const A* p, int64_t rows, int64_t depth, A delta, A* sums) {
+void SmallRowSums(const A* t, const A* p, int64_t rows, int64_t depth, A threshold, A* sums) {
   constexpr int kL = kLanes<A>;
   constexpr int64_t kBatchRows = kL * kL / kP;  // kL vectors of rows
   alignas(64) A h[kL * kL];
   for (int64_t r = 0; r < rows; r += kBatchRows) {
     const int64_t n = std::min(kBatchRows, rows - r);
-    PaddedRowValues<A, kP>(t + r * depth, p + r * depth, n, depth, delta, h);
+    PaddedRowValues<A, kP>(t + r * depth, p + r * depth, n, depth, threshold, h);
     if (n == kBatchRows) {
       Vec<A> v[kL];
       std::memcpy(v, h, sizeof(v));
@@ -301,14 +301,14 @@ void SmallRowSums(const A* t, const A* p, int64_t rows, int64_t depth, A delta, 
 }
 
 template <typename A>
-void SmallRowSums(const A* t, const A* p, int64_t rows, int64_t depth, A delta, A* sums) {
+void SmallRowSums(const A* t, const A* p, int64_t rows, int64_t depth, A threshold, A* sums) {
   switch (BitCeil(depth)) {
-    case 1: return SmallRowSums<A, 1>(t, p, rows, depth, delta, sums);
-    case 2: return SmallRowSums<A, 2>(t, p, rows, depth, delta, sums);
-    case 4: return SmallRowSums<A, 4>(t, p, rows, depth, delta, sums);
-    case 8: return SmallRowSums<A, 8>(t, p, rows, depth, delta, sums);
+    case 1: return SmallRowSums<A, 1>(t, p, rows, depth, threshold, sums);
+    case 2: return SmallRowSums<A, 2>(t, p, rows, depth, threshold, sums);
+    case 4: return SmallRowSums<A, 4>(t, p, rows, depth, threshold, sums);
+    case 8: return SmallRowSums<A, 8>(t, p, rows, depth, threshold, sums);
     default:
-      if constexpr (kLanes<A> == 16) return SmallRowSums<A, 16>(t, p, rows, depth, delta, sums);
+      if constexpr (kLanes<A> == 16) return SmallRowSums<A, 16>(t, p, rows, depth, threshold, sums);
   }
 }
 
@@ -333,7 +333,7 @@ void ForEachBlock(OpKernelContext* ctx, int64_t blocks, int64_t elements, const 
 // [r0, r1), in order; 0 < D <= kChunk.
 template <typename T, typename RowsFn>
 void ShortRowSums(const T* t, const T* p, int64_t r0, int64_t r1, int64_t depth,
-                  Acc<T> delta, double delta64, const RowsFn& rows_fn) {
+                  Acc<T> threshold, double threshold64, const RowsFn& rows_fn) {
   using A = Acc<T>;
   Tile<T> tile;
   alignas(64) A sums[kChunk];
@@ -345,10 +345,10 @@ void ShortRowSums(const T* t, const T* p, int64_t r0, int64_t r1, int64_t depth,
     const A* tt = Widen(t + r * depth, rows * depth, tile.y_true);
     const A* pp = Widen(p + r * depth, rows * depth, tile.y_pred);
     if (small) {
-      SmallRowSums(tt, pp, rows, depth, delta, sums);
+      SmallRowSums(tt, pp, rows, depth, threshold, sums);
     } else {
       for (int64_t i = 0; i < rows; ++i) {
-        sums[i] = ChunkSum(tt + i * depth, pp + i * depth, depth, delta);
+        sums[i] = ChunkSum(tt + i * depth, pp + i * depth, depth, threshold);
       }
     }
     bool finite = true;  // x - x is 0 unless x is inf or NaN; a loop that vectorizes
@@ -360,7 +360,7 @@ void ShortRowSums(const T* t, const T* p, int64_t r0, int64_t r1, int64_t depth,
     for (int64_t i = 0; i < rows; ++i) {
       const int64_t offset = (r + i) * depth;
       row_sums[i] = FiniteOrInDouble(sums[i], [&] {
-        return ChunkSumInDouble(t + offset, p + offset, depth, delta64);
+        return ChunkSumInDouble(t + offset, p + offset, depth, threshold64);
       });
     }
     rows_fn(r, rows, static_cast<const double*>(row_sums));
@@ -370,7 +370,7 @@ void ShortRowSums(const T* t, const T* p, int64_t r0, int64_t r1, int64_t depth,
 // sum_j h[r, j] for every row, D > kChunk: chunk sums in parallel, then rows in order.
 template <typename T>
 std::vector<double> LongRowSums(OpKernelContext* ctx, const T* t, const T* p, int64_t rows,
-                                int64_t depth, Acc<T> delta, double delta64) {
+                                int64_t depth, Acc<T> threshold, double threshold64) {
   const int64_t chunks_per_row = CeilDiv(depth, kChunk);
   const int64_t chunks = rows * chunks_per_row;
   const int64_t chunks_per_block = kBlock / kChunk;
@@ -385,8 +385,8 @@ std::vector<double> LongRowSums(OpKernelContext* ctx, const T* t, const T* p, in
       const int64_t offset = row * depth + j;
       chunk_sums[c] = FiniteOrInDouble(
           ChunkSum(Widen(t + offset, n, tile.y_true), Widen(p + offset, n, tile.y_pred), n,
-                   delta),
-          [&] { return ChunkSumInDouble(t + offset, p + offset, n, delta64); });
+                   threshold),
+          [&] { return ChunkSumInDouble(t + offset, p + offset, n, threshold64); });
     }
   });
   std::vector<double> row_sums(rows, 0.0);
@@ -399,7 +399,7 @@ std::vector<double> LongRowSums(OpKernelContext* ctx, const T* t, const T* p, in
 // and each row is one fixed-length loop.
 template <int kD, typename T>
 void GradChunk(const Acc<T>* t, const Acc<T>* p, const T* g, int64_t e0, int64_t n,
-               int64_t depth, Acc<T> delta, Acc<T>* res) {
+               int64_t depth, Acc<T> threshold, Acc<T>* res) {
   using A = Acc<T>;
   const double d = static_cast<double>(depth);
   if constexpr (kD > 0) {
@@ -408,7 +408,7 @@ void GradChunk(const Acc<T>* t, const Acc<T>* p, const T* g, int64_t e0, int64_t
     for (int64_t r = 0; r < rows; ++r) scale[r] = static_cast<A>(ToDouble(g[e0 / kD + r]) / d);
     for (int64_t r = 0; r < rows; ++r) {
       for (int j = 0; j < kD; ++j) {
-        res[r * kD + j] = scale[r] * HuberGradPred(t[r * kD + j], p[r * kD + j], delta);
+        res[r * kD + j] = scale[r] * HuberGradPred(t[r * kD + j], p[r * kD + j], threshold);
       }
     }
   } else {
@@ -416,7 +416,7 @@ void GradChunk(const Acc<T>* t, const Acc<T>* p, const T* g, int64_t e0, int64_t
     for (int64_t i = 0, end; i < n; i = end, ++row) {  // one row segment at a time
       end = std::min(n, (row + 1) * depth - e0);
       const auto scale = static_cast<A>(ToDouble(g[row]) / d);
-      for (int64_t j = i; j < end; ++j) res[j] = scale * HuberGradPred(t[j], p[j], delta);
+      for (int64_t j = i; j < end; ++j) res[j] = scale * HuberGradPred(t[j], p[j], threshold);
     }
   }
 }
@@ -443,18 +443,18 @@ class HuberPerSampleOp : public OpKernel {
     }
     const T* t = y_true.flat<T>().data();
     const T* p = y_pred.flat<T>().data();
-    const double delta64 = Delta(ctx);
-    const auto delta = static_cast<Acc<T>>(delta64);
+    const double threshold64 = Threshold(ctx);
+    const auto threshold = static_cast<Acc<T>>(threshold64);
     const double d = static_cast<double>(depth);
     if (depth > kChunk) {
-      const std::vector<double> sums = LongRowSums(ctx, t, p, rows, depth, delta, delta64);
+      const std::vector<double> sums = LongRowSums(ctx, t, p, rows, depth, threshold, threshold64);
       for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<T>(sums[r] / d);
       return;
     }
     const int64_t rows_per_block = std::max<int64_t>(1, kBlock / depth);
     ForEachBlock(ctx, CeilDiv(rows, rows_per_block), rows_per_block * depth, [&](int64_t b) {
       const int64_t r0 = b * rows_per_block, r1 = std::min(rows, r0 + rows_per_block);
-      ShortRowSums(t, p, r0, r1, depth, delta, delta64,
+      ShortRowSums(t, p, r0, r1, depth, threshold, threshold64,
                    [out, d](int64_t r, int64_t n, const auto* sums) {
                      for (int64_t i = 0; i < n; ++i) {
                        out[r + i] = static_cast<T>(static_cast<double>(sums[i]) / d);
@@ -482,7 +482,7 @@ class HuberPerSampleGradOp : public OpKernel {
     const T* p = y_pred.flat<T>().data();
     const T* g = grad.flat<T>().data();
     T* out = grad_pred->flat<T>().data();
-    const auto delta = static_cast<Acc<T>>(Delta(ctx));
+    const auto threshold = static_cast<Acc<T>>(Threshold(ctx));
     ForEachBlock(ctx, CeilDiv(size, kBlock), kBlock, [&](int64_t b) {
       Tile<T> tile;
       const int64_t block_end = std::min(size, (b + 1) * kBlock);
@@ -493,12 +493,12 @@ class HuberPerSampleGradOp : public OpKernel {
         Acc<T>* res = tile.other;
         if constexpr (std::is_same_v<T, Acc<T>>) res = out + e0;
         switch (depth) {
-          case 1: GradChunk<1>(tt, pp, g, e0, n, depth, delta, res); break;
-          case 2: GradChunk<2>(tt, pp, g, e0, n, depth, delta, res); break;
-          case 4: GradChunk<4>(tt, pp, g, e0, n, depth, delta, res); break;
-          case 8: GradChunk<8>(tt, pp, g, e0, n, depth, delta, res); break;
-          case 16: GradChunk<16>(tt, pp, g, e0, n, depth, delta, res); break;
-          default: GradChunk<0>(tt, pp, g, e0, n, depth, delta, res);
+          case 1: GradChunk<1>(tt, pp, g, e0, n, depth, threshold, res); break;
+          case 2: GradChunk<2>(tt, pp, g, e0, n, depth, threshold, res); break;
+          case 4: GradChunk<4>(tt, pp, g, e0, n, depth, threshold, res); break;
+          case 8: GradChunk<8>(tt, pp, g, e0, n, depth, threshold, res); break;
+          case 16: GradChunk<16>(tt, pp, g, e0, n, depth, threshold, res); break;
+          default: GradChunk<0>(tt, pp, g, e0, n, depth, threshold, res);
         }
         if constexpr (!std::is_same_v<T, Acc<T>>) Narrow(res, n, out + e0);
       }
@@ -521,7 +521,7 @@ std::pair<double, double> SumInOrder(const Partials& partials) {
 // Unweighted (w == nullptr: count = size) or per-element totals over the flat inputs.
 template <typename T>
 std::pair<double, double> FlatTotals(OpKernelContext* ctx, const T* t, const T* p, const T* w,
-                                     int64_t size, Acc<T> delta, double delta64) {
+                                     int64_t size, Acc<T> threshold, double threshold64) {
   Partials partials(CeilDiv(size, kBlock));
   ForEachBlock(ctx, partials.size(), kBlock, [&](int64_t b) {
     Tile<T> tile;
@@ -532,18 +532,18 @@ std::pair<double, double> FlatTotals(OpKernelContext* ctx, const T* t, const T* 
       const Acc<T>* tt = Widen(t + e0, n, tile.y_true);
       const Acc<T>* pp = Widen(p + e0, n, tile.y_pred);
       if (w == nullptr) {
-        block_total += FiniteOrInDouble(ChunkSum(tt, pp, n, delta), [&] {
-          return ChunkSumInDouble(t + e0, p + e0, n, delta64);
+        block_total += FiniteOrInDouble(ChunkSum(tt, pp, n, threshold), [&] {
+          return ChunkSumInDouble(t + e0, p + e0, n, threshold64);
         });
       } else {
         const auto [chunk_total, chunk_count] =
-            WeightedChunkSum(tt, pp, Widen(w + e0, n, tile.other), n, delta);
+            WeightedChunkSum(tt, pp, Widen(w + e0, n, tile.other), n, threshold);
         if (std::isfinite(chunk_total) && std::isfinite(chunk_count)) {
           block_total += static_cast<double>(chunk_total);
           block_count += static_cast<double>(chunk_count);
         } else {
           const auto [total64, count64] = WeightedChunkSumInDouble(t + e0, p + e0, w + e0, n,
-                                                                   delta64);
+                                                                   threshold64);
           block_total += total64;
           block_count += count64;
         }
@@ -558,12 +558,12 @@ std::pair<double, double> FlatTotals(OpKernelContext* ctx, const T* t, const T* 
 // Totals with one weight per row: sum_r w[r] sum_j h[r, j], D * sum_r w[r].
 template <typename T>
 std::pair<double, double> PerRowTotals(OpKernelContext* ctx, const T* t, const T* p, const T* w,
-                                       int64_t rows, int64_t depth, Acc<T> delta,
-                                       double delta64) {
+                                       int64_t rows, int64_t depth, Acc<T> threshold,
+                                       double threshold64) {
   if (depth == 0) return {0.0, 0.0};
   double total = 0.0, count = 0.0;
   if (depth > kChunk) {
-    const std::vector<double> sums = LongRowSums(ctx, t, p, rows, depth, delta, delta64);
+    const std::vector<double> sums = LongRowSums(ctx, t, p, rows, depth, threshold, threshold64);
     for (int64_t r = 0; r < rows; ++r) {
       total += ToDouble(w[r]) * sums[r];
       count += ToDouble(w[r]);
@@ -574,7 +574,7 @@ std::pair<double, double> PerRowTotals(OpKernelContext* ctx, const T* t, const T
     ForEachBlock(ctx, partials.size(), rows_per_block * depth, [&](int64_t b) {
       const int64_t r0 = b * rows_per_block, r1 = std::min(rows, r0 + rows_per_block);
       double block_total = 0.0, block_count = 0.0;
-      ShortRowSums(t, p, r0, r1, depth, delta, delta64, [&](int64_t r, int64_t n,
+      ShortRowSums(t, p, r0, r1, depth, threshold, threshold64, [&](int64_t r, int64_t n,
                                                             const auto* sums) {
         for (int64_t i = 0; i < n; ++i) {
           block_total += ToDouble(w[r + i]) * static_cast<double>(sums[i]);
@@ -605,13 +605,13 @@ class HuberWeightedTotalOp : public OpKernel {
     const T* t = y_true.flat<T>().data();
     const T* p = y_pred.flat<T>().data();
     const T* w = weights.flat<T>().data();
-    const double delta64 = Delta(ctx);
-    const auto delta = static_cast<Acc<T>>(delta64);
+    const double threshold64 = Threshold(ctx);
+    const auto threshold = static_cast<Acc<T>>(threshold64);
     const auto [total, count] =
         mode == WeightMode::kPerRow
-            ? PerRowTotals(ctx, t, p, w, layout.rows, layout.depth, delta, delta64)
+            ? PerRowTotals(ctx, t, p, w, layout.rows, layout.depth, threshold, threshold64)
             : FlatTotals(ctx, t, p, mode == WeightMode::kPerElement ? w : nullptr,
-                         layout.rows * layout.depth, delta, delta64);
+                         layout.rows * layout.depth, threshold, threshold64);
     total_out->scalar<double>()() = total;
     count_out->scalar<double>()() = count;
   }
@@ -638,8 +638,8 @@ class HuberMeanWithGradOp : public OpKernel {
     const T* t = ctx->input(0).flat<T>().data();
     const T* p = ctx->input(1).flat<T>().data();
     T* g = grad_pred->flat<T>().data();
-    const double delta64 = Delta(ctx);
-    const auto delta = static_cast<T>(delta64);
+    const double threshold64 = Threshold(ctx);
+    const auto threshold = static_cast<T>(threshold64);
     const auto scale = static_cast<T>(1.0 / static_cast<double>(size));
     Partials partials(CeilDiv(size, kBlock));
     ForEachBlock(ctx, partials.size(), kBlock, [&](int64_t b) {
@@ -648,8 +648,8 @@ class HuberMeanWithGradOp : public OpKernel {
       for (int64_t e0 = b * kBlock; e0 < block_end; e0 += kChunk) {
         const int64_t n = std::min(kChunk, block_end - e0);
         block_total += FiniteOrInDouble(
-            ChunkSumAndGrad(t + e0, p + e0, n, delta, scale, g + e0),
-            [&] { return ChunkSumInDouble(t + e0, p + e0, n, delta64); });
+            ChunkSumAndGrad(t + e0, p + e0, n, threshold, scale, g + e0),
+            [&] { return ChunkSumInDouble(t + e0, p + e0, n, threshold64); });
       }
       partials[b] = {block_total, 0.0};
     });

@@ -5,9 +5,9 @@
 // file builds with nvcc (-x cu) or with the host compiler, given
 // -DGOOGLE_CUDA=1, TensorFlow's compile flags and the CUDA include directory.
 //
-// Shapes: y_true and y_pred are [..., D], viewed as rows x cols = N x D;
+// Shapes: y_true and y_pred are [..., D], viewed as rows x depth = N x D;
 // grad is [...] (= y_pred.shape[:-1]); weights are 1-D of size 0, N or N * D;
-// delta is a host-side float64 scalar.
+// threshold is a host-side float64 scalar.
 #if GOOGLE_CUDA
 
 #define EIGEN_USE_GPU
@@ -98,12 +98,12 @@ class HuberPerSampleGpuOp : public OpKernel {
                                   &workspace_holder, &workspace));
     OP_REQUIRES_OK(ctx, CudaStatus("HuberPerSample",
                                    gpu::HuberPerSample(DeviceData<T>(y_true), DeviceData<T>(y_pred),
-                                                       in.rows, in.depth, Delta(ctx), workspace,
+                                                       in.rows, in.depth, Threshold(ctx), workspace,
                                                        DeviceData<T>(loss), Stream(ctx))));
   }
 };
 
-// grad_pred[..., c] = grad[...] / D * clamp(y_pred - y_true, -delta, delta).
+// grad_pred[..., c] = grad[...] / D * clamp(y_pred - y_true, -threshold, threshold).
 template <typename T>
 class HuberPerSampleGradGpuOp : public OpKernel {
  public:
@@ -120,7 +120,7 @@ class HuberPerSampleGradGpuOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CudaStatus("HuberPerSampleGrad",
                                    gpu::HuberPerSampleGrad(DeviceData<T>(y_true), DeviceData<T>(y_pred),
                                                            DeviceData<T>(grad), in.rows, in.depth,
-                                                           Delta(ctx), DeviceData<T>(grad_pred),
+                                                           Threshold(ctx), DeviceData<T>(grad_pred),
                                                            Stream(ctx))));
   }
 };
@@ -149,7 +149,7 @@ class HuberWeightedTotalGpuOp : public OpKernel {
                                    gpu::HuberWeightedTotal(
                                        DeviceData<T>(y_true), DeviceData<T>(y_pred),
                                        mode == WeightMode::kNone ? nullptr : DeviceData<T>(weights),
-                                       size, in.rows, in.depth, Delta(ctx), workspace,
+                                       size, in.rows, in.depth, Threshold(ctx), workspace,
                                        total->scalar<double>().data(),
                                        count->scalar<double>().data(), Stream(ctx))));
   }
@@ -158,17 +158,17 @@ class HuberWeightedTotalGpuOp : public OpKernel {
 #define FASTCUSTOM_REGISTER_HUBER_GPU(T)                                                  \
   REGISTER_KERNEL_BUILDER(Name("FastCustom>HuberPerSample")                               \
                               .Device(DEVICE_GPU)                                         \
-                              .HostMemory("delta")                                        \
+                              .HostMemory("threshold")                                        \
                               .TypeConstraint<T>("T"),                                    \
                           HuberPerSampleGpuOp<T>);                                        \
   REGISTER_KERNEL_BUILDER(Name("FastCustom>HuberPerSampleGrad")                           \
                               .Device(DEVICE_GPU)                                         \
-                              .HostMemory("delta")                                        \
+                              .HostMemory("threshold")                                        \
                               .TypeConstraint<T>("T"),                                    \
                           HuberPerSampleGradGpuOp<T>);                                    \
   REGISTER_KERNEL_BUILDER(Name("FastCustom>HuberWeightedTotal")                           \
                               .Device(DEVICE_GPU)                                         \
-                              .HostMemory("delta")                                        \
+                              .HostMemory("threshold")                                        \
                               .TypeConstraint<T>("T"),                                    \
                           HuberWeightedTotalGpuOp<T>);
 

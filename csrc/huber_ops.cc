@@ -2,12 +2,12 @@
 // kernels live in huber_kernels_cpu.cc and huber_kernels_gpu.cu.cc.
 //
 // y_true, y_pred: [..., D], seen as N rows x D;  e = y_true - y_pred;  h and its
-// derivative as stated in huber_math.h (delta there is the threshold t).
+// derivative as stated in huber_math.h (t = threshold).
 //
 //   HuberPerSample:      loss[r]         = (1/D) sum_j h(e[r, j])         shape [...]
-//   HuberPerSampleGrad:  grad_pred[r, j] = grad[r] / D * clamp(-e[r, j], -delta, delta)
+//   HuberPerSampleGrad:  grad_pred[r, j] = grad[r] / D * clamp(-e[r, j], -threshold, threshold)
 //   HuberMeanWithGrad:   mean = (1/(N D)) sum_rj h(e[r, j]) (= the mean of HuberPerSample),
-//                        grad_pred[r, j] = clamp(-e[r, j], -delta, delta) / (N D), both in
+//                        grad_pred[r, j] = clamp(-e[r, j], -threshold, threshold) / (N D), both in
 //                        one pass (CPU; float, double): d mean / d y_pred, stored for
 //   HuberMeanGrad:       grad_pred = grad * stored (a scalar grad; no copy when it is 1).
 //   HuberWeightedTotal:  total = sum w h, count = sum w (float64 scalars), where
@@ -23,7 +23,7 @@ namespace {
 using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
 
-// y_true and y_pred merged into one shape of rank >= 1; delta a scalar.
+// y_true and y_pred merged into one shape of rank >= 1; threshold a scalar.
 absl::Status PairShape(InferenceContext* c, ShapeHandle* pair) {
   ShapeHandle unused;
   TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(1), 1, pair));
@@ -79,7 +79,7 @@ absl::Status WeightedTotalShape(InferenceContext* c) {
 REGISTER_OP("FastCustom>HuberPerSample")
     .Input("y_true: T")
     .Input("y_pred: T")
-    .Input("delta: double")
+    .Input("threshold: double")
     .Output("loss: T")
     .Attr("T: {half, bfloat16, float, double}")
     .SetShapeFn(PerSampleShape)
@@ -88,17 +88,17 @@ REGISTER_OP("FastCustom>HuberPerSample")
 REGISTER_OP("FastCustom>HuberPerSampleGrad")
     .Input("y_true: T")
     .Input("y_pred: T")
-    .Input("delta: double")
+    .Input("threshold: double")
     .Input("grad: T")
     .Output("grad_pred: T")
     .Attr("T: {half, bfloat16, float, double}")
     .SetShapeFn(PerSampleGradShape)
-    .Doc("d/dy_pred of sum(grad * HuberPerSample(y_true, y_pred, delta)).");
+    .Doc("d/dy_pred of sum(grad * HuberPerSample(y_true, y_pred, threshold)).");
 
 REGISTER_OP("FastCustom>HuberMeanWithGrad")
     .Input("y_true: T")
     .Input("y_pred: T")
-    .Input("delta: double")
+    .Input("threshold: double")
     .Output("mean: T")
     .Output("grad_pred: T")
     .Attr("T: {float, double}")
@@ -106,11 +106,11 @@ REGISTER_OP("FastCustom>HuberMeanWithGrad")
     .Doc("The mean of h(y_true - y_pred) over every element, and its gradient w.r.t. "
          "y_pred, in one pass over the inputs.");
 
-// y_true, y_pred and delta are not read: they are there for this op's own gradient.
+// y_true, y_pred and threshold are not read: they are there for this op's own gradient.
 REGISTER_OP("FastCustom>HuberMeanGrad")
     .Input("y_true: T")
     .Input("y_pred: T")
-    .Input("delta: double")
+    .Input("threshold: double")
     .Input("stored: T")
     .Input("grad: T")
     .Output("grad_pred: T")
@@ -121,7 +121,7 @@ REGISTER_OP("FastCustom>HuberMeanGrad")
 REGISTER_OP("FastCustom>HuberWeightedTotal")
     .Input("y_true: T")
     .Input("y_pred: T")
-    .Input("delta: double")
+    .Input("threshold: double")
     .Input("weights: T")
     .Output("total: double")
     .Output("count: double")

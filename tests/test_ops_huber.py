@@ -398,6 +398,20 @@ def test_loss_under_a_tape_with_weights_or_scaled_matches_the_xla_path(rng):
 
 
 @needs_ops
+def test_tf_gradients_of_mean_with_grad_in_a_graph_is_its_stored_gradient(rng):
+    y_true, y_pred = make_pair(rng, (30, 4), tf.float32)
+
+    @tf.function
+    def symbolic(y_true, y_pred):
+        mean, stored = OPS.huber_mean_with_grad(y_true, y_pred, delta_of(1.0))
+        return tf.gradients(2.0 * mean, [y_true, y_pred]) + [stored]
+
+    grad_true, grad_pred, stored = symbolic(y_true, y_pred)
+    np.testing.assert_array_equal(grad_pred.numpy(), 2.0 * stored.numpy())
+    np.testing.assert_array_equal(grad_true.numpy(), -grad_pred.numpy())
+
+
+@needs_ops
 @pytest.mark.parametrize("dtype", [tf.float32, tf.float64], ids=dtype_id)
 def test_second_derivatives_of_the_mean_match_the_xla_path(rng, dtype):
     y_true, y_pred = (rng.standard_normal((6, 5)) * 2 for _ in range(2))

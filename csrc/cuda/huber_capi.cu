@@ -39,48 +39,48 @@ const char* fastcustom_huber_error_string(int code) {
   return cudaGetErrorString(static_cast<cudaError_t>(code));
 }
 
-size_t fastcustom_huber_per_sample_workspace_bytes(int64_t rows, int64_t cols) {
-  return fastcustom::gpu::HuberPerSampleWorkspaceBytes(rows, cols);
+size_t fastcustom_huber_per_sample_workspace_bytes(int64_t rows, int64_t depth) {
+  return fastcustom::gpu::HuberPerSampleWorkspaceBytes(rows, depth);
 }
 
 // out[r] = mean_c h(y_true[r, c], y_pred[r, c]); out has the input dtype.
 int fastcustom_huber_per_sample(int dtype, const void* y_true, const void* y_pred, int64_t rows,
-                                int64_t cols, double delta, void* workspace, void* out,
+                                int64_t depth, double threshold, void* workspace, void* out,
                                 void* stream) {
   return WithDType(dtype, [&](auto tag) {
     using T = decltype(tag);
-    return fastcustom::gpu::HuberPerSample<T>(In<T>(y_true), In<T>(y_pred), rows, cols, delta,
+    return fastcustom::gpu::HuberPerSample<T>(In<T>(y_true), In<T>(y_pred), rows, depth, threshold,
                                               workspace, Out<T>(out),
                                               static_cast<cudaStream_t>(stream));
   });
 }
 
-// grad_pred[r, c] = grad[r] / cols * clamp(y_pred - y_true, -delta, delta).
+// grad_pred[r, c] = grad[r] / depth * clamp(y_pred - y_true, -threshold, threshold).
 int fastcustom_huber_per_sample_grad(int dtype, const void* y_true, const void* y_pred,
-                                     const void* grad, int64_t rows, int64_t cols, double delta,
+                                     const void* grad, int64_t rows, int64_t depth, double threshold,
                                      void* grad_pred, void* stream) {
   return WithDType(dtype, [&](auto tag) {
     using T = decltype(tag);
     return fastcustom::gpu::HuberPerSampleGrad<T>(In<T>(y_true), In<T>(y_pred), In<T>(grad), rows,
-                                                  cols, delta, Out<T>(grad_pred),
+                                                  depth, threshold, Out<T>(grad_pred),
                                                   static_cast<cudaStream_t>(stream));
   });
 }
 
-size_t fastcustom_huber_weighted_total_workspace_bytes(int64_t rows, int64_t cols) {
-  return fastcustom::gpu::HuberWeightedTotalWorkspaceBytes(rows, cols);
+size_t fastcustom_huber_weighted_total_workspace_bytes(int64_t rows, int64_t depth) {
+  return fastcustom::gpu::HuberWeightedTotalWorkspaceBytes(rows, depth);
 }
 
 // *total = sum w * h, *count = sum w (float64 device scalars); weights_size
-// is 0 (no weights), rows or rows * cols.
+// is 0 (no weights), rows or rows * depth.
 int fastcustom_huber_weighted_total(int dtype, const void* y_true, const void* y_pred,
                                     const void* weights, int64_t weights_size, int64_t rows,
-                                    int64_t cols, double delta, void* workspace, void* total,
+                                    int64_t depth, double threshold, void* workspace, void* total,
                                     void* count, void* stream) {
   return WithDType(dtype, [&](auto tag) {
     using T = decltype(tag);
     return fastcustom::gpu::HuberWeightedTotal<T>(
-        In<T>(y_true), In<T>(y_pred), In<T>(weights), weights_size, rows, cols, delta, workspace,
+        In<T>(y_true), In<T>(y_pred), In<T>(weights), weights_size, rows, depth, threshold, workspace,
         Out<double>(total), Out<double>(count), static_cast<cudaStream_t>(stream));
   });
 }

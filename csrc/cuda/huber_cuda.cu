@@ -2,15 +2,15 @@
 //
 // Per-row strategy of HuberPerSample, chosen from the shape (and whether the
 // inputs are 16-byte aligned) alone:
-//   short aligned rows (cols a multiple of the 16-byte vector, < 64 vectors:
+//   short aligned rows (depth a multiple of the 16-byte vector, < 64 vectors:
 //       D=16 float is 4 vectors): G = 1, 2, ..., 32 lanes per row, each lane
 //       owns one or two vectors of the row; a warp loads 4 sets of 32 / G
 //       rows before it computes (PerSampleShortRowsKernel).
-//   other rows up to kGroupMaxCols: the same G lanes per row (a warp for
+//   other rows up to kGroupMaxDepth: the same G lanes per row (a warp for
 //       D >= 128 float), head/vector/tail loops (PerSampleGroupKernel).
 //   longer rows: a block per row segment; when there are fewer rows than
 //       kSegmentTargetBlocks, each row is split into segments of at least
-//       kMinSegmentCols elements, each block writes its segment's sum to the
+//       kMinSegmentLength elements, each block writes its segment's sum to the
 //       workspace and a second kernel adds a row's segments in order.
 // A lane's partial is a double; the G lanes of a row meet in a fixed
 // xor-shuffle tree, a block's threads in a fixed shuffle + shared-memory tree.
@@ -19,7 +19,7 @@
 //
 // HuberPerSampleGrad and HuberWeightedTotal walk the flat array in tiles of
 // kBlock * kUnroll chunks of 16 bytes; a thread loads all its chunks of a tile
-// before it computes, and finds an element's row as i / cols (one double
+// before it computes, and finds an element's row as i / depth (one double
 // multiply and a correction per chunk). HuberWeightedTotal is a two-stage
 // reduction: block b of a grid of min(tiles, kMaxPartials) blocks takes tiles
 // b, b + grid, ... and writes (sum w*h, sum w) to the workspace; one block then
@@ -42,8 +42,8 @@ constexpr int kBlock = 256;                    // threads of every main kernel
 constexpr int kUnroll = 4;                     // 16-byte chunks per thread per tile
 constexpr int kCombineBlock = 1024;            // the single block of a final combine
 constexpr int kRowBatch = 4;                   // row sets per warp step, short rows
-constexpr int64_t kGroupMaxCols = 4096;        // longer rows get a block each
-constexpr int64_t kMinSegmentCols = 8192;      // ... but no segment shorter than this
+constexpr int64_t kGroupMaxDepth = 4096;        // longer rows get a block each
+constexpr int64_t kMinSegmentLength = 8192;      // ... but no segment shorter than this
 #ifndef FASTCUSTOM_CUDA_EMULATION
 constexpr int64_t kMaxGridBlocks = 1 << 16;    // grid-stride kernels' grid cap
 constexpr int64_t kSegmentTargetBlocks = 2048;  // split long rows to about this many blocks
@@ -217,23 +217,23 @@ struct Divisor {
   }
 };
 
-// out[k] = per_row[row(i0 + k)] (divided by cols when kDivideByCols) for the
+// out[k] = per_row[row(i0 + k)] (divided by depth when kDivideByDepth) for the
 // first `valid` elements of the chunk at flat index i0; a chunk may cross rows.
-template <typename T, bool kDivideByCols>
-__device__ __forceinline__ void PerRowValues(const T* per_row, int64_t i0, int valid, const Divisor& cols,
+template <typename T, bool kDivideByDepth>
+__device__ __forceinline__ void PerRowValues(const T* per_row, int64_t i0, int valid, const Divisor& depth,
                                              typename Elem<T>::Acc (&out)[Elem<T>::kVec]) {
   using Acc = typename Elem<T>::Acc;
   auto value_of = [&](int64_t row) {
     const Acc v = Elem<T>::Load(per_row + row);
-    return kDivideByCols ? cols.Divide(v) : v;
+    return kDivideByDepth ? depth.Divide(v) : v;
   };
   int64_t row, col;
-  cols.RowAndCol(i0, &row, &col);
+  depth.RowAndCol(i0, &row, &col);
   Acc value = value_of(row);
 #pragma unroll
   for (int k = 0; k < Elem<T>::kVec; ++k) {
     if (k < valid) {
-      if (col == cols.value) {
+      if (col == depth.value) {
         ++row;
         col = 0;
         value = value_of(row);
@@ -250,12 +250,12 @@ __device__ __forceinline__ void PerRowValues(const T* per_row, int64_t i0, int v
 // Sum of h over one 16-byte chunk of each input, in Acc.
 template <typename T>
 __device__ __forceinline__ typename Elem<T>::Acc ChunkSum(const Raw16& t, const Raw16& p,
-                                                          typename Elem<T>::Acc delta) {
+                                                          typename Elem<T>::Acc threshold) {
   using E = Elem<T>;
   using Acc = typename E::Acc;
-  Acc s = HuberValue<Acc>(E::Get(t, 0), E::Get(p, 0), delta);
+  Acc s = HuberValue<Acc>(E::Get(t, 0), E::Get(p, 0), threshold);
 #pragma unroll
-  for (int k = 1; k < E::kVec; ++k) s += HuberValue<Acc>(E::Get(t, k), E::Get(p, k), delta);
+  for (int k = 1; k < E::kVec; ++k) s += HuberValue<Acc>(E::Get(t, k), E::Get(p, k), threshold);
   return s;
 }
 
@@ -266,7 +266,7 @@ __device__ __forceinline__ typename Elem<T>::Acc ChunkSum(const Raw16& t, const 
 // then added in double in that order), the scalar tail.
 template <typename T, int kLanes>
 __device__ __forceinline__ double RangeSum(const T* y_true, const T* y_pred, int64_t len, int lane,
-                                           typename Elem<T>::Acc delta, bool vectorize) {
+                                           typename Elem<T>::Acc threshold, bool vectorize) {
   using E = Elem<T>;
   using Acc = typename E::Acc;
   constexpr int V = E::kVec;
@@ -277,7 +277,7 @@ __device__ __forceinline__ double RangeSum(const T* y_true, const T* y_pred, int
     const int misaligned = static_cast<int>((reinterpret_cast<uintptr_t>(y_true) % 16) / sizeof(T));
     const int64_t head = Min64(len, (V - misaligned) % V);
     for (int64_t i = lane; i < head; i += kLanes) {
-      sum += HuberValue<Acc>(E::Load(y_true + i), E::Load(y_pred + i), delta);
+      sum += HuberValue<Acc>(E::Load(y_true + i), E::Load(y_pred + i), threshold);
     }
     const int64_t vectors = (len - head) / V;
     const T* vec_true = y_true + head;
@@ -291,16 +291,16 @@ __device__ __forceinline__ double RangeSum(const T* y_true, const T* y_pred, int
         p[j] = LoadRaw16(vec_pred + (v + j * kLanes) * V);
       }
 #pragma unroll
-      for (int j = 0; j < kBatch; ++j) sum += static_cast<double>(ChunkSum<T>(t[j], p[j], delta));
+      for (int j = 0; j < kBatch; ++j) sum += static_cast<double>(ChunkSum<T>(t[j], p[j], threshold));
     }
     for (; v < vectors; v += kLanes) {
       const Raw16 t = LoadRaw16(vec_true + v * V), p = LoadRaw16(vec_pred + v * V);
-      sum += static_cast<double>(ChunkSum<T>(t, p, delta));
+      sum += static_cast<double>(ChunkSum<T>(t, p, threshold));
     }
     scalar_from = head + vectors * V;
   }
   for (int64_t i = scalar_from + lane; i < len; i += kLanes) {
-    sum += HuberValue<Acc>(E::Load(y_true + i), E::Load(y_pred + i), delta);
+    sum += HuberValue<Acc>(E::Load(y_true + i), E::Load(y_pred + i), threshold);
   }
   return sum;
 }
@@ -309,34 +309,34 @@ __device__ __forceinline__ double RangeSum(const T* y_true, const T* y_pred, int
 template <typename T, int G>
 __global__ void __launch_bounds__(kBlock)
     PerSampleGroupKernel(const T* __restrict__ y_true, const T* __restrict__ y_pred, int64_t rows,
-                         int64_t cols, Divisor mean_of, double delta, bool vectorize,
+                         int64_t depth, Divisor mean_of, double threshold, bool vectorize,
                          T* __restrict__ out) {
   using Acc = typename Elem<T>::Acc;
   constexpr int kRowsPerWarp = kWarp / G;
   const int lane = threadIdx.x % kWarp;
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x) / kWarp;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (kBlock / kWarp);
-  const Acc d = static_cast<Acc>(delta);
+  const Acc d = static_cast<Acc>(threshold);
   // `first` is uniform over the warp, so every lane reaches the shuffles.
   for (int64_t first = warp * kRowsPerWarp; first < rows; first += warps * kRowsPerWarp) {
     const int64_t row = first + lane / G;
     double sum = 0.0;
     if (row < rows) {
-      sum = RangeSum<T, G>(y_true + row * cols, y_pred + row * cols, cols, lane % G, d, vectorize);
+      sum = RangeSum<T, G>(y_true + row * depth, y_pred + row * depth, depth, lane % G, d, vectorize);
     }
     sum = GroupSum<G>(sum);
     if (row < rows && lane % G == 0) out[row] = Elem<T>::FromDouble(mean_of.Divide(sum));
   }
 }
 
-// Short aligned rows: cols = vecs * kVec with vecs in [G, kVecsPerLane * G)
+// Short aligned rows: depth = vecs * kVec with vecs in [G, kVecsPerLane * G)
 // and 16-byte aligned inputs. Lane l of a G-lane group owns the row's
 // vectors l and l + G; each step a warp takes kRowBatch sets of 32 / G rows
 // and issues all their loads before any math. Same sum order as RangeSum.
 template <typename T, int G, int kVecsPerLane>
 __global__ void __launch_bounds__(kBlock)
     PerSampleShortRowsKernel(const T* __restrict__ y_true, const T* __restrict__ y_pred,
-                             int64_t rows, int64_t cols, Divisor mean_of, double delta,
+                             int64_t rows, int64_t depth, Divisor mean_of, double threshold,
                              T* __restrict__ out) {
   using E = Elem<T>;
   using Acc = typename E::Acc;
@@ -345,10 +345,10 @@ __global__ void __launch_bounds__(kBlock)
   constexpr int kRowsPerStep = kRowsPerWarp * kRowBatch;
   const int lane = threadIdx.x % kWarp;
   const int group_lane = lane % G;
-  const int64_t vecs = cols / V;
+  const int64_t vecs = depth / V;
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x) / kWarp;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (kBlock / kWarp);
-  const Acc d = static_cast<Acc>(delta);
+  const Acc d = static_cast<Acc>(threshold);
   for (int64_t first = warp * kRowsPerStep; first < rows; first += warps * kRowsPerStep) {
     Raw16 t[kRowBatch][kVecsPerLane] = {}, p[kRowBatch][kVecsPerLane] = {};
 #pragma unroll
@@ -356,7 +356,7 @@ __global__ void __launch_bounds__(kBlock)
       const int64_t row = first + j * kRowsPerWarp + lane / G;
 #pragma unroll
       for (int m = 0; m < kVecsPerLane; ++m) {
-        const int64_t offset = row * cols + (group_lane + m * G) * V;
+        const int64_t offset = row * depth + (group_lane + m * G) * V;
         if (row < rows && group_lane + m * G < vecs) {
           t[j][m] = LoadRaw16(y_true + offset);
           p[j][m] = LoadRaw16(y_pred + offset);
@@ -384,19 +384,19 @@ __global__ void __launch_bounds__(kBlock)
 template <typename T>
 __global__ void __launch_bounds__(kBlock)
     PerSampleSegmentKernel(const T* __restrict__ y_true, const T* __restrict__ y_pred, int64_t rows,
-                           int64_t cols, Divisor mean_of, int64_t segment_cols, int64_t segments,
-                           double delta, bool vectorize, T* __restrict__ out,
+                           int64_t depth, Divisor mean_of, int64_t segment_length, int64_t segments,
+                           double threshold, bool vectorize, T* __restrict__ out,
                            double* __restrict__ partials) {
   using Acc = typename Elem<T>::Acc;
   __shared__ double scratch[kBlock / kWarp];
-  const Acc d = static_cast<Acc>(delta);
+  const Acc d = static_cast<Acc>(threshold);
   const int64_t pieces = rows * segments;
   for (int64_t piece = blockIdx.x; piece < pieces; piece += gridDim.x) {
     const int64_t row = piece / segments;
-    const int64_t begin = (piece - row * segments) * segment_cols;
-    const int64_t offset = row * cols + begin;
+    const int64_t begin = (piece - row * segments) * segment_length;
+    const int64_t offset = row * depth + begin;
     double sum = RangeSum<T, kBlock>(y_true + offset, y_pred + offset,
-                                     Min64(segment_cols, cols - begin), threadIdx.x, d, vectorize);
+                                     Min64(segment_length, depth - begin), threadIdx.x, d, vectorize);
     sum = BlockSum<kBlock>(sum, scratch);
     if (threadIdx.x == 0) {
       if (segments == 1) {
@@ -408,7 +408,7 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-// out[row] = (sum of the row's segment partials, in order) / cols.
+// out[row] = (sum of the row's segment partials, in order) / depth.
 template <typename T>
 __global__ void __launch_bounds__(kBlock)
     CombineSegmentsKernel(const double* __restrict__ partials, int64_t rows, int64_t segments,
@@ -422,18 +422,18 @@ __global__ void __launch_bounds__(kBlock)
 }
 
 // ---------------------------------------------------------------------------
-// HuberPerSampleGrad: grad_pred[i] = grad[row] / cols * HuberGradPred(...)
+// HuberPerSampleGrad: grad_pred[i] = grad[row] / depth * HuberGradPred(...)
 // ---------------------------------------------------------------------------
 template <typename T, bool kVectorized>
 __global__ void __launch_bounds__(kBlock)
     PerSampleGradKernel(const T* __restrict__ y_true, const T* __restrict__ y_pred,
-                        const T* __restrict__ grad, int64_t n, Divisor cols, double delta,
+                        const T* __restrict__ grad, int64_t n, Divisor depth, double threshold,
                         T* __restrict__ grad_pred) {
   using E = Elem<T>;
   using Acc = typename E::Acc;
   constexpr int V = E::kVec;
   constexpr int64_t kTile = int64_t{kBlock} * kUnroll * V;
-  const Acc d = static_cast<Acc>(delta);
+  const Acc d = static_cast<Acc>(threshold);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kTile;
   for (int64_t tile = static_cast<int64_t>(blockIdx.x) * kTile; tile < n; tile += stride) {
     if (kVectorized && tile + kTile <= n) {
@@ -448,7 +448,7 @@ __global__ void __launch_bounds__(kBlock)
       for (int u = 0; u < kUnroll; ++u) {
         const int64_t i = tile + (int64_t{u} * kBlock + threadIdx.x) * V;
         Acc scale[V];
-        PerRowValues<T, true>(grad, i, V, cols, scale);
+        PerRowValues<T, true>(grad, i, V, depth, scale);
         Raw16 result;
 #pragma unroll
         for (int k = 0; k < V; ++k) {
@@ -462,7 +462,7 @@ __global__ void __launch_bounds__(kBlock)
         if (i >= n) break;
         const int valid = static_cast<int>(Min64(V, n - i));
         Acc scale[V];
-        PerRowValues<T, true>(grad, i, valid, cols, scale);
+        PerRowValues<T, true>(grad, i, valid, depth, scale);
 #pragma unroll
         for (int k = 0; k < V; ++k) {
           if (k < valid) {
@@ -485,13 +485,13 @@ template <typename T, int kMode>
 __device__ __forceinline__ void AddChunk(const typename Elem<T>::Acc (&t)[Elem<T>::kVec],
                                          const typename Elem<T>::Acc (&p)[Elem<T>::kVec],
                                          const typename Elem<T>::Acc (&w)[Elem<T>::kVec], int valid,
-                                         typename Elem<T>::Acc delta, double* total, double* count) {
+                                         typename Elem<T>::Acc threshold, double* total, double* count) {
   using Acc = typename Elem<T>::Acc;
   Acc weighted = 0, weight = 0;
 #pragma unroll
   for (int k = 0; k < Elem<T>::kVec; ++k) {
     if (k < valid) {
-      const Acc h = HuberValue<Acc>(t[k], p[k], delta);
+      const Acc h = HuberValue<Acc>(t[k], p[k], threshold);
       if (kMode == kNoWeights) {
         weighted += h;
         weight += Acc(1);
@@ -509,14 +509,14 @@ __device__ __forceinline__ void AddChunk(const typename Elem<T>::Acc (&t)[Elem<T
 template <typename T, int kMode, bool kVectorized>
 __global__ void __launch_bounds__(kBlock)
     WeightedTotalPartialsKernel(const T* __restrict__ y_true, const T* __restrict__ y_pred,
-                                const T* __restrict__ weights, int64_t n, Divisor cols,
-                                double delta, double* __restrict__ partials) {
+                                const T* __restrict__ weights, int64_t n, Divisor depth,
+                                double threshold, double* __restrict__ partials) {
   using E = Elem<T>;
   using Acc = typename E::Acc;
   constexpr int V = E::kVec;
   constexpr int64_t kTile = int64_t{kBlock} * kUnroll * V;
   __shared__ double scratch[kBlock / kWarp];
-  const Acc d = static_cast<Acc>(delta);
+  const Acc d = static_cast<Acc>(threshold);
   double total = 0.0, count = 0.0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kTile;
   for (int64_t tile = static_cast<int64_t>(blockIdx.x) * kTile; tile < n; tile += stride) {
@@ -539,7 +539,7 @@ __global__ void __launch_bounds__(kBlock)
           p[k] = E::Get(rp[u], k);
           w[k] = kMode == kElementWeights ? E::Get(rw[u], k) : Acc(1);
         }
-        if (kMode == kRowWeights) PerRowValues<T, false>(weights, i, V, cols, w);
+        if (kMode == kRowWeights) PerRowValues<T, false>(weights, i, V, depth, w);
         AddChunk<T, kMode>(t, p, w, V, d, &total, &count);
       }
     } else {  // the same chunks, element by element, bounds-checked
@@ -555,7 +555,7 @@ __global__ void __launch_bounds__(kBlock)
           p[k] = in ? E::Load(y_pred + i + k) : Acc(0);
           w[k] = (in && kMode == kElementWeights) ? E::Load(weights + i + k) : Acc(1);
         }
-        if (kMode == kRowWeights) PerRowValues<T, false>(weights, i, valid, cols, w);
+        if (kMode == kRowWeights) PerRowValues<T, false>(weights, i, valid, depth, w);
         AddChunk<T, kMode>(t, p, w, valid, d, &total, &count);
       }
     }
@@ -620,8 +620,8 @@ unsigned GridFor(int64_t work_items, int64_t per_block) {
 
 // Lanes per row: the largest power of two <= min(32, the row's 16-byte vectors).
 template <typename T>
-int LanesPerRow(int64_t cols) {
-  const int64_t vectors = cols / Elem<T>::kVec;
+int LanesPerRow(int64_t depth) {
+  const int64_t vectors = depth / Elem<T>::kVec;
   int lanes = 1;
   while (lanes < kWarp && 2 * lanes <= vectors) lanes *= 2;
   return lanes;
@@ -629,100 +629,100 @@ int LanesPerRow(int64_t cols) {
 
 struct SegmentPlan {
   int64_t segments;      // pieces per row
-  int64_t segment_cols;  // elements per piece (the last one may be shorter)
+  int64_t segment_length;  // elements per piece (the last one may be shorter)
 };
 
-// Only for rows longer than kGroupMaxCols.
-SegmentPlan PlanSegments(int64_t rows, int64_t cols) {
-  if (rows >= kSegmentTargetBlocks || cols < 2 * kMinSegmentCols) return {1, cols};
-  const int64_t wanted = std::min(CeilDiv(kSegmentTargetBlocks, rows), cols / kMinSegmentCols);
+// Only for rows longer than kGroupMaxDepth.
+SegmentPlan PlanSegments(int64_t rows, int64_t depth) {
+  if (rows >= kSegmentTargetBlocks || depth < 2 * kMinSegmentLength) return {1, depth};
+  const int64_t wanted = std::min(CeilDiv(kSegmentTargetBlocks, rows), depth / kMinSegmentLength);
   // Multiples of 16 elements keep each piece's start as aligned as its row's.
-  const int64_t segment_cols = CeilDiv(CeilDiv(cols, wanted), 16) * 16;
-  return {CeilDiv(cols, segment_cols), segment_cols};
+  const int64_t segment_length = CeilDiv(CeilDiv(depth, wanted), 16) * 16;
+  return {CeilDiv(depth, segment_length), segment_length};
 }
 
 template <typename T, int G>
-void LaunchShortRows(const T* y_true, const T* y_pred, int64_t rows, int64_t cols, double delta, T* out,
+void LaunchShortRows(const T* y_true, const T* y_pred, int64_t rows, int64_t depth, double threshold, T* out,
                      cudaStream_t stream) {
   const unsigned grid = GridFor(rows, (kBlock / G) * kRowBatch);
   if constexpr (G > 1) {  // one lane per row only ever has one vector
-    if (cols / Elem<T>::kVec > G) {
-      Launch(PerSampleShortRowsKernel<T, G, 2>, grid, kBlock, stream, y_true, y_pred, rows, cols,
-             Divisor::Of(cols), delta, out);
+    if (depth / Elem<T>::kVec > G) {
+      Launch(PerSampleShortRowsKernel<T, G, 2>, grid, kBlock, stream, y_true, y_pred, rows, depth,
+             Divisor::Of(depth), threshold, out);
       return;
     }
   }
-  Launch(PerSampleShortRowsKernel<T, G, 1>, grid, kBlock, stream, y_true, y_pred, rows, cols,
-         Divisor::Of(cols), delta, out);
+  Launch(PerSampleShortRowsKernel<T, G, 1>, grid, kBlock, stream, y_true, y_pred, rows, depth,
+         Divisor::Of(depth), threshold, out);
 }
 
 template <typename T, int G>
-void LaunchGroup(const T* y_true, const T* y_pred, int64_t rows, int64_t cols, double delta,
+void LaunchGroup(const T* y_true, const T* y_pred, int64_t rows, int64_t depth, double threshold,
                  bool vectorize, T* out, cudaStream_t stream) {
   Launch(PerSampleGroupKernel<T, G>, GridFor(rows, kBlock / G), kBlock, stream, y_true, y_pred, rows,
-         cols, Divisor::Of(cols), delta, vectorize, out);
+         depth, Divisor::Of(depth), threshold, vectorize, out);
 }
 
 }  // namespace
 
-size_t HuberPerSampleWorkspaceBytes(int64_t rows, int64_t cols) {
-  if (rows <= 0 || cols <= kGroupMaxCols) return 0;
-  const SegmentPlan plan = PlanSegments(rows, cols);
+size_t HuberPerSampleWorkspaceBytes(int64_t rows, int64_t depth) {
+  if (rows <= 0 || depth <= kGroupMaxDepth) return 0;
+  const SegmentPlan plan = PlanSegments(rows, depth);
   return plan.segments > 1 ? static_cast<size_t>(rows * plan.segments) * sizeof(double) : 0;
 }
 
 template <typename T>
-cudaError_t HuberPerSample(const T* y_true, const T* y_pred, int64_t rows, int64_t cols,
-                           double delta, void* workspace, T* out, cudaStream_t stream) {
-  if (rows < 0 || cols < 0) return cudaErrorInvalidValue;
+cudaError_t HuberPerSample(const T* y_true, const T* y_pred, int64_t rows, int64_t depth,
+                           double threshold, void* workspace, T* out, cudaStream_t stream) {
+  if (rows < 0 || depth < 0) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  if (out == nullptr || (cols > 0 && (y_true == nullptr || y_pred == nullptr))) return cudaErrorInvalidValue;
+  if (out == nullptr || (depth > 0 && (y_true == nullptr || y_pred == nullptr))) return cudaErrorInvalidValue;
   if (!ElementAligned(y_true) || !ElementAligned(y_pred) || !ElementAligned(out) ||
       !ElementAligned(static_cast<double*>(workspace))) {
     return cudaErrorInvalidValue;
   }
   const bool vectorize = SameAlignment(y_true, y_pred);
   constexpr int V = Elem<T>::kVec;
-  if (Aligned16(y_true) && Aligned16(y_pred) && cols % V == 0 && cols > 0 && cols < 2 * kWarp * V) {
-    switch (LanesPerRow<T>(cols)) {  // cols / V in [lanes, 2 * lanes)
-      case 1: LaunchShortRows<T, 1>(y_true, y_pred, rows, cols, delta, out, stream); break;
-      case 2: LaunchShortRows<T, 2>(y_true, y_pred, rows, cols, delta, out, stream); break;
-      case 4: LaunchShortRows<T, 4>(y_true, y_pred, rows, cols, delta, out, stream); break;
-      case 8: LaunchShortRows<T, 8>(y_true, y_pred, rows, cols, delta, out, stream); break;
-      case 16: LaunchShortRows<T, 16>(y_true, y_pred, rows, cols, delta, out, stream); break;
-      default: LaunchShortRows<T, 32>(y_true, y_pred, rows, cols, delta, out, stream); break;
+  if (Aligned16(y_true) && Aligned16(y_pred) && depth % V == 0 && depth > 0 && depth < 2 * kWarp * V) {
+    switch (LanesPerRow<T>(depth)) {  // depth / V in [lanes, 2 * lanes)
+      case 1: LaunchShortRows<T, 1>(y_true, y_pred, rows, depth, threshold, out, stream); break;
+      case 2: LaunchShortRows<T, 2>(y_true, y_pred, rows, depth, threshold, out, stream); break;
+      case 4: LaunchShortRows<T, 4>(y_true, y_pred, rows, depth, threshold, out, stream); break;
+      case 8: LaunchShortRows<T, 8>(y_true, y_pred, rows, depth, threshold, out, stream); break;
+      case 16: LaunchShortRows<T, 16>(y_true, y_pred, rows, depth, threshold, out, stream); break;
+      default: LaunchShortRows<T, 32>(y_true, y_pred, rows, depth, threshold, out, stream); break;
     }
     return cudaGetLastError();
   }
-  if (cols <= kGroupMaxCols) {
-    switch (LanesPerRow<T>(cols)) {
-      case 1: LaunchGroup<T, 1>(y_true, y_pred, rows, cols, delta, vectorize, out, stream); break;
-      case 2: LaunchGroup<T, 2>(y_true, y_pred, rows, cols, delta, vectorize, out, stream); break;
-      case 4: LaunchGroup<T, 4>(y_true, y_pred, rows, cols, delta, vectorize, out, stream); break;
-      case 8: LaunchGroup<T, 8>(y_true, y_pred, rows, cols, delta, vectorize, out, stream); break;
-      case 16: LaunchGroup<T, 16>(y_true, y_pred, rows, cols, delta, vectorize, out, stream); break;
-      default: LaunchGroup<T, 32>(y_true, y_pred, rows, cols, delta, vectorize, out, stream); break;
+  if (depth <= kGroupMaxDepth) {
+    switch (LanesPerRow<T>(depth)) {
+      case 1: LaunchGroup<T, 1>(y_true, y_pred, rows, depth, threshold, vectorize, out, stream); break;
+      case 2: LaunchGroup<T, 2>(y_true, y_pred, rows, depth, threshold, vectorize, out, stream); break;
+      case 4: LaunchGroup<T, 4>(y_true, y_pred, rows, depth, threshold, vectorize, out, stream); break;
+      case 8: LaunchGroup<T, 8>(y_true, y_pred, rows, depth, threshold, vectorize, out, stream); break;
+      case 16: LaunchGroup<T, 16>(y_true, y_pred, rows, depth, threshold, vectorize, out, stream); break;
+      default: LaunchGroup<T, 32>(y_true, y_pred, rows, depth, threshold, vectorize, out, stream); break;
     }
     return cudaGetLastError();
   }
-  const SegmentPlan plan = PlanSegments(rows, cols);
+  const SegmentPlan plan = PlanSegments(rows, depth);
   double* partials = static_cast<double*>(workspace);
   if (plan.segments > 1 && partials == nullptr) return cudaErrorInvalidValue;
   Launch(PerSampleSegmentKernel<T>, GridFor(rows * plan.segments, 1), kBlock, stream, y_true, y_pred,
-         rows, cols, Divisor::Of(cols), plan.segment_cols, plan.segments, delta, vectorize, out,
+         rows, depth, Divisor::Of(depth), plan.segment_length, plan.segments, threshold, vectorize, out,
          partials);
   if (plan.segments > 1) {
     Launch(CombineSegmentsKernel<T>, GridFor(rows, kBlock), kBlock, stream, partials, rows,
-           plan.segments, Divisor::Of(cols), out);
+           plan.segments, Divisor::Of(depth), out);
   }
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t HuberPerSampleGrad(const T* y_true, const T* y_pred, const T* grad, int64_t rows,
-                               int64_t cols, double delta, T* grad_pred, cudaStream_t stream) {
-  if (rows < 0 || cols < 0) return cudaErrorInvalidValue;
-  const int64_t n = rows * cols;
+                               int64_t depth, double threshold, T* grad_pred, cudaStream_t stream) {
+  if (rows < 0 || depth < 0) return cudaErrorInvalidValue;
+  const int64_t n = rows * depth;
   if (n == 0) return cudaSuccess;
   if (y_true == nullptr || y_pred == nullptr || grad == nullptr || grad_pred == nullptr ||
       !ElementAligned(y_true) || !ElementAligned(y_pred) || !ElementAligned(grad) ||
@@ -733,32 +733,32 @@ cudaError_t HuberPerSampleGrad(const T* y_true, const T* y_pred, const T* grad, 
   const unsigned grid = GridFor(n, tile);
   if (Aligned16(y_true) && Aligned16(y_pred) && Aligned16(grad_pred)) {
     Launch(PerSampleGradKernel<T, true>, grid, kBlock, stream, y_true, y_pred, grad, n,
-           Divisor::Of(cols), delta, grad_pred);
+           Divisor::Of(depth), threshold, grad_pred);
   } else {
     Launch(PerSampleGradKernel<T, false>, grid, kBlock, stream, y_true, y_pred, grad, n,
-           Divisor::Of(cols), delta, grad_pred);
+           Divisor::Of(depth), threshold, grad_pred);
   }
   return cudaGetLastError();
 }
 
-size_t HuberWeightedTotalWorkspaceBytes(int64_t rows, int64_t cols) {
-  if (rows <= 0 || cols <= 0) return 0;
-  return static_cast<size_t>(std::min(CeilDiv(rows * cols, kMinTile), kMaxPartials)) * 2 * sizeof(double);
+size_t HuberWeightedTotalWorkspaceBytes(int64_t rows, int64_t depth) {
+  if (rows <= 0 || depth <= 0) return 0;
+  return static_cast<size_t>(std::min(CeilDiv(rows * depth, kMinTile), kMaxPartials)) * 2 * sizeof(double);
 }
 
 namespace {
 
 template <typename T, int kMode>
-void LaunchTotalPartials(const T* y_true, const T* y_pred, const T* weights, int64_t n, int64_t cols,
-                         double delta, unsigned grid, double* partials, cudaStream_t stream) {
+void LaunchTotalPartials(const T* y_true, const T* y_pred, const T* weights, int64_t n, int64_t depth,
+                         double threshold, unsigned grid, double* partials, cudaStream_t stream) {
   const bool vectorized = Aligned16(y_true) && Aligned16(y_pred) &&
                           (kMode != kElementWeights || Aligned16(weights));
   if (vectorized) {
     Launch(WeightedTotalPartialsKernel<T, kMode, true>, grid, kBlock, stream, y_true, y_pred, weights,
-           n, Divisor::Of(cols), delta, partials);
+           n, Divisor::Of(depth), threshold, partials);
   } else {
     Launch(WeightedTotalPartialsKernel<T, kMode, false>, grid, kBlock, stream, y_true, y_pred, weights,
-           n, Divisor::Of(cols), delta, partials);
+           n, Divisor::Of(depth), threshold, partials);
   }
 }
 
@@ -766,10 +766,10 @@ void LaunchTotalPartials(const T* y_true, const T* y_pred, const T* weights, int
 
 template <typename T>
 cudaError_t HuberWeightedTotal(const T* y_true, const T* y_pred, const T* weights,
-                               int64_t weights_size, int64_t rows, int64_t cols, double delta,
+                               int64_t weights_size, int64_t rows, int64_t depth, double threshold,
                                void* workspace, double* total, double* count, cudaStream_t stream) {
-  if (rows < 0 || cols < 0 || total == nullptr || count == nullptr) return cudaErrorInvalidValue;
-  const int64_t n = rows * cols;
+  if (rows < 0 || depth < 0 || total == nullptr || count == nullptr) return cudaErrorInvalidValue;
+  const int64_t n = rows * depth;
   if (weights_size != 0 && weights_size != rows && weights_size != n) return cudaErrorInvalidValue;
   double* partials = static_cast<double*>(workspace);
   int64_t num_partials = 0;
@@ -784,11 +784,11 @@ cudaError_t HuberWeightedTotal(const T* y_true, const T* y_pred, const T* weight
     num_partials = std::min(CeilDiv(n, tile), kMaxPartials);
     const unsigned grid = static_cast<unsigned>(num_partials);
     if (weights_size == 0) {
-      LaunchTotalPartials<T, kNoWeights>(y_true, y_pred, weights, n, cols, delta, grid, partials, stream);
-    } else if (weights_size == n) {  // also the per-row case when cols == 1
-      LaunchTotalPartials<T, kElementWeights>(y_true, y_pred, weights, n, cols, delta, grid, partials, stream);
+      LaunchTotalPartials<T, kNoWeights>(y_true, y_pred, weights, n, depth, threshold, grid, partials, stream);
+    } else if (weights_size == n) {  // also the per-row case when depth == 1
+      LaunchTotalPartials<T, kElementWeights>(y_true, y_pred, weights, n, depth, threshold, grid, partials, stream);
     } else {
-      LaunchTotalPartials<T, kRowWeights>(y_true, y_pred, weights, n, cols, delta, grid, partials, stream);
+      LaunchTotalPartials<T, kRowWeights>(y_true, y_pred, weights, n, depth, threshold, grid, partials, stream);
     }
   }
   Launch(CombineTotalsKernel, 1, kCombineBlock, stream, partials, num_partials, total, count);

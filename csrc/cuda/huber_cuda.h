@@ -2,15 +2,15 @@
 // stream, with no TensorFlow in sight. The TF GPU op (huber_kernels_gpu.cu.cc)
 // and the ctypes benchmark harness (huber_capi.cu) are thin callers of this.
 //
-// Inputs y_true and y_pred are contiguous row-major [rows, cols] arrays
-// (any [..., D] tensor viewed as rows x cols = N x D). With
-//   h(e) = fastcustom::HuberValue(y_true, y_pred, delta)     (huber_math.h)
+// Inputs y_true and y_pred are contiguous row-major [rows, depth] arrays
+// (any [..., D] tensor viewed as rows x depth = N x D). With
+//   h(e) = fastcustom::HuberValue(y_true, y_pred, threshold)     (huber_math.h)
 // the three entry points compute
 //   HuberPerSample:      out[r]          = (1/D) sum_c h[r, c]     (D == 0: NaN)
 //   HuberPerSampleGrad:  grad_pred[r, c] = grad[r] / D * HuberGradPred(...)
 //   HuberWeightedTotal:  total = sum w * h, count = sum w           (doubles)
 // where the weights have 0 (all 1), rows (one per row, counted D times) or
-// rows * cols (one per element) entries.
+// rows * depth (one per element) entries.
 //
 // Half, bfloat16 and float inputs are evaluated in float, double in double;
 // every partial sum beyond one 16-byte vector is carried in double. Results
@@ -37,31 +37,31 @@ namespace gpu {
 // Bytes of device scratch HuberPerSample needs for this shape: 0 unless a few
 // very long rows are each split over several blocks (then one double per
 // row segment).
-size_t HuberPerSampleWorkspaceBytes(int64_t rows, int64_t cols);
+size_t HuberPerSampleWorkspaceBytes(int64_t rows, int64_t depth);
 
 // out: [rows]. `workspace` may be null when the size above is 0.
 template <typename T>
 cudaError_t HuberPerSample(const T* y_true, const T* y_pred, int64_t rows,
-                           int64_t cols, double delta, void* workspace, T* out,
+                           int64_t depth, double threshold, void* workspace, T* out,
                            cudaStream_t stream);
 
-// grad: [rows], grad_pred: [rows, cols].
+// grad: [rows], grad_pred: [rows, depth].
 template <typename T>
 cudaError_t HuberPerSampleGrad(const T* y_true, const T* y_pred, const T* grad,
-                               int64_t rows, int64_t cols, double delta,
+                               int64_t rows, int64_t depth, double threshold,
                                T* grad_pred, cudaStream_t stream);
 
 // Bytes of device scratch HuberWeightedTotal needs: two doubles per block of
 // the first reduction stage (at most 128 KiB).
-size_t HuberWeightedTotalWorkspaceBytes(int64_t rows, int64_t cols);
+size_t HuberWeightedTotalWorkspaceBytes(int64_t rows, int64_t depth);
 
-// weights: nullptr/0 entries, `rows` entries or `rows * cols` entries (any
+// weights: nullptr/0 entries, `rows` entries or `rows * depth` entries (any
 // other size returns cudaErrorInvalidValue). total and count are device
 // pointers to one double each (they may be adjacent: total_count, +1).
 template <typename T>
 cudaError_t HuberWeightedTotal(const T* y_true, const T* y_pred,
                                const T* weights, int64_t weights_size,
-                               int64_t rows, int64_t cols, double delta,
+                               int64_t rows, int64_t depth, double threshold,
                                void* workspace, double* total, double* count,
                                cudaStream_t stream);
 

@@ -1,7 +1,7 @@
 """The Huber kernels' single dispatch point, and their XLA-friendly TF math.
 
-    e = y_true - y_pred,  q = min(|e|, threshold)
-    h(e) = q (|e| - q/2)   (= e^2/2 if |e| <= threshold, else threshold |e| - threshold^2/2)
+    h as stated in `fastcustom.reference.huber`, computed as q (|e| - q/2),
+    e = y_true - y_pred, q = min(|e|, threshold)
 
 `huber_per_sample` is the mean of h over the last axis (the `keras.losses.huber`
 convention); `huber_weighted_total` is (sum of w * h, sum of w) in float64 for
@@ -224,7 +224,29 @@ def huber_mean_for_tape(y_true, y_pred, threshold=1.0):
     if ops is None or not _runs_on_cpu(y_pred):
         return None
     y_true, y_pred = _broadcast_pair(y_true, y_pred)
-    return ops.huber_mean_with_grad(y_true, y_pred, _threshold(threshold))[0]
+    return _mean_with_recorded_gradient(ops, y_true, y_pred, _threshold(threshold))
+
+
+def _mean_with_recorded_gradient(ops, y_true, y_pred, threshold):
+    """HuberMeanWithGrad's mean, recorded on the tapes with only that output.
+
+    Recorded as the op itself, its second output (the stored gradient) would be
+    an output the tape fills with zeros of y_pred's shape on every eager backward
+    pass (a full write); recorded by hand, the backward pass reads `stored` and
+    writes nothing (HuberMeanGrad returns it as is when the upstream is 1). The
+    op's registered gradient still serves `tf.gradients` in a graph.
+    """
+    with record.stop_recording():
+        mean, stored = ops.huber_mean_with_grad(y_true, y_pred, threshold)
+    watched = [i for i, x in enumerate((y_true, y_pred)) if record.should_record_backprop([x])]
+
+    def backward(grad):
+        grad_pred = ops.huber_mean_grad(y_true, y_pred, threshold, stored, grad)
+        return [grad_pred if i == 1 else -grad_pred for i in watched]
+
+    record.record_operation("FastCustom>HuberMeanWithGrad", [mean],
+                            [(y_true, y_pred)[i] for i in watched], backward)
+    return mean
 
 
 def _standardize_weights(sample_weight, y_pred):
