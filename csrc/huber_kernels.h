@@ -119,7 +119,9 @@ inline absl::Status StartWeightedTotal(tensorflow::OpKernelContext* ctx, RowLayo
 }
 
 // The `threshold` input (a float64 scalar in host memory, checked by GetRowLayout).
-inline double Threshold(tensorflow::OpKernelContext* ctx) { return ctx->input(2).scalar<double>()(); }
+inline double Threshold(tensorflow::OpKernelContext* ctx) {
+  return ctx->input(2).scalar<double>()();
+}
 
 }  // namespace fastcustom
 

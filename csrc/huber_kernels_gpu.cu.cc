@@ -158,17 +158,17 @@ class HuberWeightedTotalGpuOp : public OpKernel {
 #define FASTCUSTOM_REGISTER_HUBER_GPU(T)                                                  \
   REGISTER_KERNEL_BUILDER(Name("FastCustom>HuberPerSample")                               \
                               .Device(DEVICE_GPU)                                         \
-                              .HostMemory("threshold")                                        \
+                              .HostMemory("threshold")                                    \
                               .TypeConstraint<T>("T"),                                    \
                           HuberPerSampleGpuOp<T>);                                        \
   REGISTER_KERNEL_BUILDER(Name("FastCustom>HuberPerSampleGrad")                           \
                               .Device(DEVICE_GPU)                                         \
-                              .HostMemory("threshold")                                        \
+                              .HostMemory("threshold")                                    \
                               .TypeConstraint<T>("T"),                                    \
                           HuberPerSampleGradGpuOp<T>);                                    \
   REGISTER_KERNEL_BUILDER(Name("FastCustom>HuberWeightedTotal")                           \
                               .Device(DEVICE_GPU)                                         \
-                              .HostMemory("threshold")                                        \
+                              .HostMemory("threshold")                                    \
                               .TypeConstraint<T>("T"),                                    \
                           HuberWeightedTotalGpuOp<T>);
 
