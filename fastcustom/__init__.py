@@ -19,7 +19,7 @@ from fastcustom import xla_cache
 
 __version__ = "0.1.0"
 
-# TensorFlow's persistent XLA cache (opt out: FASTCUSTOM_XLA_CACHE=0), set before
+# TensorFlow's persistent XLA cache when FASTCUSTOM_XLA_CACHE asks for it, set before
 # TensorFlow first reads its XLA flags; see fastcustom/xla_cache.py.
 xla_cache.enable()
 

@@ -1,4 +1,4 @@
-"""TensorFlow's persistent XLA compilation cache, turned on by `import fastcustom`.
+"""TensorFlow's persistent XLA compilation cache, for fastcustom's compiled loops, on request.
 
 A process that compiles a loop another process already compiled (the same model,
 shapes, loss, optimizer and TensorFlow) loads the executable from the cache folder
@@ -10,9 +10,12 @@ use of its XLA flags (building a Keras layer is enough), which is why `import
 fastcustom` sets it: import fastcustom before building models. This module does
 not import TensorFlow.
 
-`FASTCUSTOM_XLA_CACHE=0` turns it off; `FASTCUSTOM_XLA_CACHE=DIR` puts it in DIR.
-The default folder is `$XDG_CACHE_HOME/fastcustom/xla/tf-<version>` (else under
-`~/.cache`), one per installed TensorFlow version.
+`FASTCUSTOM_XLA_CACHE=1` turns it on in `$XDG_CACHE_HOME/fastcustom/xla/tf-<version>`
+(else under `~/.cache`), one folder per installed TensorFlow version;
+`FASTCUSTOM_XLA_CACHE=DIR` puts it in DIR. It is off unless asked, because TensorFlow
+2.21 reads each cached entry as a text proto before the binary one and so logs
+"Error parsing text-format tensorflow.XlaSerializedCacheEntry" (an E-level line) on
+every cache hit, harmless but alarming; the entry then loads.
 
 >>> folder = enable()   # before the process first uses XLA
 """
@@ -50,9 +53,9 @@ def enable():
         if flag.startswith(_FLAG + "="):
             return flag.split("=", 1)[1] or None
     setting = os.environ.get("FASTCUSTOM_XLA_CACHE", "")
-    if setting == "0":
+    if setting in ("", "0"):
         return None
-    folder = setting or default_folder()
+    folder = default_folder() if setting == "1" else setting
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError:   # a read-only home: no cache, nothing else changes

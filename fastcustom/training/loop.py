@@ -22,9 +22,8 @@ fixed cost comparable to a small model's step (bench/RESULTS.md); the odd
 step runs after the loop (inline when the count is known when tracing, as for a
 whole epoch; else in a second loop).
 
-Compiled loops are kept on disk across processes by TensorFlow's persistent
-XLA cache, which `import fastcustom` turns on (`fastcustom/xla_cache.py`;
-`FASTCUSTOM_XLA_CACHE=0` turns it off).
+With `FASTCUSTOM_XLA_CACHE=1` compiled loops are kept on disk across processes
+by TensorFlow's persistent XLA cache (`fastcustom/xla_cache.py`).
 
 Compilation: with `jit_compile="auto"` the loops are compiled with XLA when
 every layer supports it; if XLA cannot compile them (a custom op without an
