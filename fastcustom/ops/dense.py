@@ -1,12 +1,14 @@
 """The MyDense forward pass, `activation(x @ kernel + bias)`, and its one dispatch point.
 
-Measured on the 2-core CPU this project is built on (TF 2.21, float32, median of
-20 calls): XLA does not beat the plain graph there — batch 32, 8 -> 30: eager
-0.07 ms, tf.function 0.32 ms, XLA 0.24 ms; 8192 x 1024 -> 1024: tf.function
-89 ms, XLA 100 ms (oneDNN's matmul wins). So on CPU the forward pass is plain TF
-ops, which the enclosing graph compiles (with XLA when the model is
-`jit_compile=True`); on a GPU the XLA-compiled function fuses bias and
-activation into the matmul's epilogue and is used for calls outside XLA.
+On a CPU, XLA does not beat the plain ops: for small layers a call's fixed
+cost dominates and plain eager ops have the smallest, and for large ones
+oneDNN's matmul outruns XLA's (bench/test_bench_dense.py measures both;
+bench/RESULTS.md, "MyDense forward", has the numbers). So on a CPU the forward
+pass is plain TF ops, which the enclosing graph compiles (with XLA when the
+model is `jit_compile=True`); on a GPU the XLA-compiled function fuses bias and
+activation into the matmul's epilogue and is used for calls outside XLA. Where
+a tensor runs is decided as for the Huber kernels
+(`fastcustom.ops.device.runs_on_cpu`).
 
 >>> import tensorflow as tf
 >>> dense_forward(tf.ones((2, 3)), tf.ones((3, 4)), tf.zeros(4), None).shape
@@ -15,6 +17,7 @@ TensorShape([2, 4])
 
 import tensorflow as tf
 
+from fastcustom.ops.device import runs_on_cpu
 from fastcustom.ops.xla_context import in_xla_context
 
 
@@ -32,12 +35,8 @@ def dense_forward_tf(x, kernel, bias, activation):
 _dense_forward_xla = tf.function(dense_forward_tf, jit_compile=True, reduce_retracing=True)
 
 
-def _on_gpu(tensor):
-    return "GPU" in (getattr(tensor, "device", "") or "")
-
-
 def dense_forward(x, kernel, bias, activation):
     """`activation(x @ kernel + bias)`: plain ops on CPU and inside XLA, XLA on GPU."""
-    if in_xla_context() or not _on_gpu(x):
+    if in_xla_context() or runs_on_cpu(x):
         return dense_forward_tf(x, kernel, bias, activation)
     return _dense_forward_xla(x, kernel, bias, activation)

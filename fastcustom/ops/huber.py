@@ -7,14 +7,16 @@
 convention); `huber_weighted_total` is (sum of w * h, sum of w) in float64 for
 the streaming metric. Both follow the edge rules written in
 `fastcustom.reference.huber` (exact float64 value rounded once; inf stays inf;
-NaN only where the math is NaN). Each one picks, in this order:
+NaN only where the math is NaN). Both first apply Keras's input rules
+(`fastcustom.ops.inputs`), then pick a path, in this order:
 
 0. the path forced by `fastcustom.use_path("xla" | "op")`, if any;
 1. inside an XLA compilation: plain TF ops that XLA fuses;
 2. the fused custom op, when its library is loaded and supports the input, and
    the op runs where the library has kernels: a library built without CUDA
-   kernels takes only tensors that run on the CPU (placed there, or not placed
-   while TensorFlow sees no GPU), not ones TensorFlow would copy from a GPU;
+   kernels takes only tensors that run on the CPU (`fastcustom.ops.device`:
+   placed there, or not placed while TensorFlow sees no GPU), not ones
+   TensorFlow would copy from a GPU;
 3. otherwise the same TF ops compiled with XLA as a `tf.function`.
 
 The TF ops compute in float64 whatever the input dtype, and round once at the
@@ -26,11 +28,12 @@ bench/test_bench_huber.py) and exact to the output dtype at any row length.
 0.18
 """
 
-import keras
 import tensorflow as tf
 from tensorflow.python.eager import record
 
 from fastcustom.ops import library
+from fastcustom.ops.device import runs_on_cpu
+from fastcustom.ops.inputs import broadcast_pair, prepare_pair, standardize_weights
 from fastcustom.ops.path import forced_path
 from fastcustom.ops.xla_context import in_xla_context
 
@@ -38,69 +41,8 @@ _OP_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 
 # ----------------------------------------------------------------------------
-# Inputs
+# Which path serves a call
 # ----------------------------------------------------------------------------
-def _same_rank(y_true, y_pred):
-    """Keras's convention: when ranks differ by one and the larger ends in 1,
-    expand a rank-1 partner, else squeeze that trailing 1."""
-    true_rank, pred_rank = y_true.shape.rank, y_pred.shape.rank
-    if true_rank is None or pred_rank is None or abs(true_rank - pred_rank) != 1:
-        return y_true, y_pred
-    if true_rank > pred_rank and y_true.shape[-1] == 1:
-        if pred_rank == 1:
-            return y_true, tf.expand_dims(y_pred, -1)
-        return tf.squeeze(y_true, -1), y_pred
-    if pred_rank > true_rank and y_pred.shape[-1] == 1:
-        if true_rank == 1:
-            return tf.expand_dims(y_true, -1), y_pred
-        return y_true, tf.squeeze(y_pred, -1)
-    return y_true, y_pred
-
-
-def _trailing_ones(count):
-    return tf.ones([tf.maximum(count, 0)], tf.int32)
-
-
-def _at_least_1d(x):
-    """A scalar as shape [1], whether its rank is known now or only when it runs."""
-    if x.shape.rank is None:
-        return tf.reshape(x, tf.concat([tf.shape(x), _trailing_ones(1 - tf.rank(x))], 0))
-    return tf.reshape(x, [1]) if x.shape.rank == 0 else x
-
-
-def prepare_pair(y_true, y_pred):
-    """y_pred as a floating tensor, y_true cast to its dtype, ranks matched, shapes checked.
-
-    A scalar counts as one sample of one element (shape [1]), also when its rank
-    is unknown until the graph runs.
-    """
-    y_pred = tf.convert_to_tensor(y_pred)
-    if not y_pred.dtype.is_floating:
-        y_pred = tf.cast(y_pred, keras.backend.floatx())
-    y_true = tf.cast(tf.convert_to_tensor(y_true), y_pred.dtype)
-    y_true, y_pred = _same_rank(y_true, y_pred)
-    try:
-        tf.broadcast_static_shape(y_true.shape, y_pred.shape)
-    except ValueError:
-        raise ValueError(
-            f"y_true shape {y_true.shape} and y_pred shape {y_pred.shape} are "
-            "incompatible: they must be equal or broadcastable."
-        ) from None
-    if y_pred.shape.rank is None or y_true.shape.rank is None:
-        return _at_least_1d(y_true), _at_least_1d(y_pred)
-    if y_pred.shape.rank == 0:
-        y_true, y_pred = tf.reshape(y_true, [1]), tf.reshape(y_pred, [1])
-    return y_true, y_pred
-
-
-def _broadcast_pair(y_true, y_pred):
-    """Materialize broadcasting for the op, which takes two tensors of one shape."""
-    if y_true.shape.is_fully_defined() and y_true.shape == y_pred.shape:
-        return y_true, y_pred
-    shape = tf.broadcast_dynamic_shape(tf.shape(y_true), tf.shape(y_pred))
-    return tf.broadcast_to(y_true, shape), tf.broadcast_to(y_pred, shape)
-
-
 def _why_not_fused(tensor):
     """None when the fused op may take `tensor`, else the reason it may not."""
     if library.huber_ops() is None:
@@ -109,7 +51,7 @@ def _why_not_fused(tensor):
         return "inside an XLA compilation custom ops cannot run"
     if tensor.dtype not in _OP_DTYPES:
         return f"no fused kernel for {tensor.dtype.name}"
-    if not (library.status()["gpu"] or _runs_on_cpu(tensor)):
+    if not (library.status()["gpu"] or runs_on_cpu(tensor)):
         return "the tensor runs on a GPU and the library has no usable GPU kernels"
     return None
 
@@ -126,15 +68,6 @@ def _fused_ops_for(tensor):
         raise RuntimeError(f"fastcustom.use_path('op'): the fused op cannot serve this call: "
                            f"{reason}.")
     return None
-
-
-def _runs_on_cpu(tensor):
-    """Whether an op on `tensor` runs on the CPU: placed there, or unplaced (a graph
-    tensor outside any device scope) while TensorFlow sees no GPU to place it on."""
-    device_type = tf.DeviceSpec.from_string(getattr(tensor, "device", "") or "").device_type
-    if device_type:
-        return device_type == "CPU"
-    return not library.tensorflow_sees_a_gpu()
 
 
 # ----------------------------------------------------------------------------
@@ -191,7 +124,7 @@ def huber_per_sample(y_true, y_pred, threshold=1.0):
     y_true, y_pred = prepare_pair(y_true, y_pred)
     ops = _fused_ops_for(y_pred)
     if ops is not None:
-        y_true, y_pred = _broadcast_pair(y_true, y_pred)
+        y_true, y_pred = broadcast_pair(y_true, y_pred)
         return ops.huber_per_sample(y_true, y_pred, _threshold(threshold))
     if in_xla_context():
         return huber_per_sample_tf(y_true, y_pred, threshold)
@@ -221,9 +154,9 @@ def huber_mean_for_tape(y_true, y_pred, threshold=1.0):
             or not record.should_record_backprop([y_true, y_pred])):
         return None
     ops = _fused_ops_for(y_pred)
-    if ops is None or not _runs_on_cpu(y_pred):
+    if ops is None or not runs_on_cpu(y_pred):
         return None
-    y_true, y_pred = _broadcast_pair(y_true, y_pred)
+    y_true, y_pred = broadcast_pair(y_true, y_pred)
     return _mean_with_recorded_gradient(ops, y_true, y_pred, _threshold(threshold))
 
 
@@ -249,57 +182,16 @@ def _mean_with_recorded_gradient(ops, y_true, y_pred, threshold):
     return mean
 
 
-def _standardize_weights(sample_weight, y_pred):
-    """(weights, per_row): weights per element (y_pred's shape, per_row False) or
-    per row (y_pred.shape[:-1], per_row True), like Keras.
-
-    Trailing axes of size 1 beyond y_pred's rank are dropped; a lower rank gets
-    trailing axes of size 1 and broadcasts. When either rank is unknown until the
-    graph runs, the same rule is applied then, per element.
-    """
-    weights = tf.cast(tf.convert_to_tensor(sample_weight), y_pred.dtype)
-    rank, pred_rank = weights.shape.rank, y_pred.shape.rank
-    if rank is None or pred_rank is None:
-        return _weights_per_element_at_run_time(weights, y_pred), False
-    given_shape = weights.shape
-    while rank > pred_rank and weights.shape[-1] == 1:
-        weights, rank = tf.squeeze(weights, -1), rank - 1
-    if rank > pred_rank:
-        raise ValueError(f"sample_weight shape {given_shape} has a higher rank than "
-                         f"y_pred shape {y_pred.shape}.")
-    per_row = rank < pred_rank
-    if per_row:
-        weights = tf.reshape(weights, tf.concat(
-            [tf.shape(weights), tf.ones([pred_rank - 1 - rank], tf.int32)], 0))
-    target = y_pred.shape[:-1] if per_row else y_pred.shape
-    try:
-        tf.broadcast_static_shape(weights.shape, target)
-    except ValueError:
-        raise ValueError(f"sample_weight shape {given_shape} cannot be broadcast to "
-                         f"y_pred shape {y_pred.shape}.") from None
-    full = tf.shape(y_pred)[:-1] if per_row else tf.shape(y_pred)
-    return tf.broadcast_to(weights, full), per_row
-
-
-def _weights_per_element_at_run_time(weights, y_pred):
-    """`_standardize_weights`'s rule with ranks known only at run time: keep the first
-    min(rank, pred_rank) axes (reshape fails unless the rest are 1s), pad with 1s."""
-    rank, pred_rank = tf.rank(weights), tf.rank(y_pred)
-    shape = tf.concat([tf.shape(weights)[:tf.minimum(rank, pred_rank)],
-                       _trailing_ones(pred_rank - rank)], 0)
-    return tf.broadcast_to(tf.reshape(weights, shape), tf.shape(y_pred))
-
-
 def huber_weighted_total(y_true, y_pred, threshold=1.0, sample_weight=None):
     """(sum of w * h, sum of w) over every element, both float64 scalars.
 
     A weight per sample (rank below y_pred's) counts once per element of that
     sample, so total / count is the weighted mean of the per-element values.
     """
-    y_true, y_pred = _broadcast_pair(*prepare_pair(y_true, y_pred))
+    y_true, y_pred = broadcast_pair(*prepare_pair(y_true, y_pred))
     weights, per_row = None, False
     if sample_weight is not None:
-        weights, per_row = _standardize_weights(sample_weight, y_pred)
+        weights, per_row = standardize_weights(sample_weight, y_pred)
     ops = _fused_ops_for(y_pred)
     if ops is not None:
         flat = tf.zeros([0], y_pred.dtype) if weights is None else tf.reshape(weights, [-1])
@@ -308,11 +200,3 @@ def huber_weighted_total(y_true, y_pred, threshold=1.0, sample_weight=None):
         return huber_weighted_total_tf(y_true, y_pred, threshold, weights, per_row)
     return _huber_weighted_total_xla(y_true, y_pred, _threshold(threshold), weights, per_row)
 
-
-def active_path():
-    """The path a call would take now: the `use_path` choice inside such a block,
-    else 'fused-op' when the custom op serves eager and graph calls, else 'xla'."""
-    forced = forced_path()
-    if forced is not None:
-        return {"xla": "xla", "op": "fused-op"}[forced]
-    return library.status()["path"]

@@ -1,0 +1,24 @@
+"""Where an op on a tensor runs: the one answer every dispatch point uses.
+
+A tensor placed on a device (an eager tensor, or a graph tensor made under
+`tf.device`) runs there. A graph tensor outside any device scope is unplaced:
+TensorFlow's placer puts its ops on a GPU when it sees one, else on the CPU.
+
+>>> import tensorflow as tf
+>>> with tf.device("/CPU:0"):
+...     runs_on_cpu(tf.constant(1.0))
+True
+"""
+
+import tensorflow as tf
+
+from fastcustom.ops import library
+
+
+def runs_on_cpu(tensor):
+    """Whether an op on `tensor` runs on the CPU: placed there, or unplaced (a graph
+    tensor outside any device scope) while TensorFlow sees no GPU to place it on."""
+    device_type = tf.DeviceSpec.from_string(getattr(tensor, "device", "") or "").device_type
+    if device_type:
+        return device_type == "CPU"
+    return not library.tensorflow_sees_a_gpu()
