@@ -17,7 +17,9 @@ Each rule also holds when a rank is known only when the graph runs.
 
 >>> import tensorflow as tf
 >>> [t.shape.as_list() for t in prepare_pair(tf.zeros([4, 1]), tf.zeros([4]))]
-[[4], [4]]
+[[4, 1], [4, 1]]
+>>> [t.shape.as_list() for t in prepare_pair(tf.zeros([2, 3]), tf.zeros([2, 3, 1]))]
+[[2, 3], [2, 3]]
 """
 
 import keras
