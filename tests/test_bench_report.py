@@ -2,7 +2,10 @@
 
 One subprocess runs a few small cases of the real suites (3 rounds each:
 FASTCUSTOM_BENCH_QUICK=1), both ceilings and one foreign benchmark; the tests
-then check the report built from that JSON.
+then check the report built from that JSON, alone and together with the GPU
+harness's JSON (bench/gpu/harness.py --json; here from synthetic timings, as no
+GPU is needed: tests/test_cuda_core_emulated.py writes one from a real harness
+run on the CPU emulation).
 """
 
 import json
@@ -19,6 +22,10 @@ from fastcustom.bench import __main__ as bench_cli  # noqa: E402
 from fastcustom.bench import case_info, results, table  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench" / "gpu"))
+import harness  # noqa: E402  (NumPy only)
+
+GPU = "NVIDIA H200"
 SELECTION = ("(cpu and small and (notes-eager or tf.function-XLA or numpy)) "
              "or test_read_bandwidth or test_matmul_peak or test_other")
 
@@ -94,3 +101,61 @@ def test_report_command_prints_and_writes_table_and_plot(result_json, tmp_path, 
 def test_case_info_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown"):
         case_info("huber", "small", "[1]", "x", "cpu", work=1, unit="B", elements=1)
+
+
+@pytest.fixture(scope="module")
+def gpu_json(tmp_path_factory):
+    """The harness's JSON for synthetic timings: 2^28 float32 elements as [2^24, 16], every
+    kernel at 1 ms or 2 ms, a 1 GiB copy at 4000 GB/s (read + write)."""
+    shape = "[16777216,16]"
+    table = [(kernel, "float32", shape, 2.0 if kernel == "grad" else 1.0, 0.0, 0.0)
+             for kernel in harness.BENCH_KERNELS]
+    path = tmp_path_factory.mktemp("gpu") / "gpu_results.json"
+    path.write_text(json.dumps(harness.benchmark_json(GPU, 4000.0, table, reps=30,
+                                                      copy_bytes=1 << 30)))
+    return path
+
+
+def test_the_gpu_harness_rows_read_as_cases_of_its_device(gpu_json):
+    run = results.load(gpu_json)
+    assert {c.device for c in run.cases} == {GPU} and run.others == []
+    by_name = {(c.kernel, c.implementation): c for c in run.cases}
+    assert set(by_name) == {
+        ("Huber forward", "CUDA core float32"), ("Huber gradient", "CUDA core float32"),
+        ("HuberMetric update", "CUDA core float32"),
+        ("HuberMetric update", "CUDA core float32, a weight per row"),
+        ("HuberMetric update", "CUDA core float32, a weight per element")}
+    n = 1 << 28
+    forward = by_name[("Huber forward", "CUDA core float32")]
+    # both inputs read, one float32 per row written; 1 ms
+    assert (forward.work, forward.elements, forward.median) == (2 * 4 * n + 4 * (n // 16), n, 1e-3)
+    assert by_name[("Huber gradient", "CUDA core float32")].median == 2e-3
+    roof = run.ceiling("B", GPU)
+    assert roof.implementation == "cudaMemcpyAsync device-to-device copy"
+    assert roof.work == 2 << 30 and roof.throughput == pytest.approx(4000e9)
+    assert run.machine["gpu"] == GPU
+
+
+def test_one_report_covers_the_cpu_suites_and_the_gpu_harness(result_json, gpu_json, tmp_path,
+                                                              capsys):
+    run = results.load(result_json, gpu_json)
+    assert {c.device for c in run.cases} == {"cpu", GPU}
+    assert run.ceiling("B", "cpu").implementation.startswith("numpy max (")
+    assert run.ceiling("B", GPU).device == GPU
+    text = table.markdown(run)
+    assert len(run.sources) == 2 and f"and {GPU}, Python" in text
+    # The GPU rows sit in the kernel tables the CPU rows fill, after them, judged against
+    # the copy: 2^29 float32 inputs read and 2^24 written (2.21 GB) in 1 ms, 55.4% of 4 TB/s.
+    forward = text.split("## Huber forward\n")[1].split("\n## ")[0]
+    rows = forward.strip().splitlines()
+    gpu_row = next(i for i, line in enumerate(rows) if f"({GPU})" in line)
+    assert "| notes (eager) |" in rows[2]
+    assert all("CUDA core" not in line for line in rows[:gpu_row])
+    assert rows[gpu_row] == (f"| large [16777216,16] ({GPU}) | CUDA core float32 | 1 ms | – "
+                             f"| 2.21e+03 GB/s | 55.4% |")
+    assert "## Huber gradient" in text
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed")
+    assert bench_cli.main(["report", str(result_json), str(gpu_json),
+                           "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == text
+    assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -228,16 +228,27 @@ def test_the_gpu_run_after_the_checks_works_on_the_emulation(emulated, rng):
 
 
 def test_the_harness_command_runs_end_to_end_on_the_emulation(emulated, emulated_library, monkeypatch,
-                                                                capsys):
-    """`python3 harness.py --lib ... --quick` as run.sh calls it, with small shapes and a
-    small copy: the arguments, the checks, the table and the target line."""
+                                                                capsys, tmp_path):
+    """`python3 harness.py --lib ... --quick --json ...` as run.sh calls it, with small shapes
+    and a small copy: the arguments, the checks, the table, the target line, and the rows in
+    the JSON that `python -m fastcustom.bench report` reads."""
+    from fastcustom.bench import results
+
     lib, backend = emulated
     monkeypatch.setattr(harness, "make_backend", lambda name: backend)
     monkeypatch.setattr(harness, "QUICK_SHAPES", [(64, 16), (7, 17), (0, 16)])
     monkeypatch.setattr(harness, "BENCH_SHAPES", [(256, 16), (3, 2000)])
     monkeypatch.setattr(harness, "COPY_BYTES", 1 << 16)
-    argv = ["--lib", emulated_library, "--quick", "--dtypes", "float32,bfloat16", "--seed", "5"]
+    rows_json = tmp_path / "gpu_results.json"
+    argv = ["--lib", emulated_library, "--quick", "--dtypes", "float32,bfloat16", "--seed", "5",
+            "--json", str(rows_json)]
     assert harness.main(argv) == 0
+    run = results.load(rows_json)
+    assert {c.device for c in run.cases} == {backend.device_name}
+    assert len(run.cases) == 2 * 2 * len(harness.BENCH_KERNELS)  # 2 dtypes, 2 shapes
+    assert {c.shape for c in run.cases} == {"[256,16]", "[3,2000]"}
+    assert all(c.median > 0 and c.work > 0 for c in run.cases)
+    assert run.ceiling("B", backend.device_name).work == 2 << 16
     out = capsys.readouterr().out
     assert re.search(r"^\d+ passed, 0 failed$", out, re.M), out
     assert "Device-to-device copy (cudaMemcpyAsync, 0.0625 MiB)" in out

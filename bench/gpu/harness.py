@@ -19,7 +19,13 @@ bench/gpu/run.sh); it is called through ctypes with device memory from CuPy
 2. Bandwidth: each kernel timed with CUDA events (warm-up, median of many
    runs, rotating over several input sets) at 2^28 elements and a few other
    shapes, against a cudaMemcpyAsync device-to-device copy of 1 GiB; bytes are
-   those read plus those written, once each.
+   those read plus those written, once each. With `--json PATH` the rows are
+   also written as the benchmark report's JSON (`benchmark_json`), the device
+   named by the GPU's name, so that
+
+       python -m fastcustom.bench report bench/out/results.json PATH
+
+   puts them in one table and one plot with the CPU suites' rows.
 
 Exits 1 on any correctness failure. Everything above the `main` section
 needs only NumPy, so the reference and the comparisons can be tested on a
@@ -28,7 +34,10 @@ machine without a GPU.
 
 import argparse
 import ctypes
+import datetime
+import json
 import os
+import platform
 import statistics
 import sys
 import time
@@ -37,6 +46,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from fastcustom import reference  # noqa: E402  (NumPy only: no TensorFlow)
+from fastcustom.bench.cases import case_info, ceiling_info, harness_json  # noqa: E402  (plain Python)
 
 # ----------------------------------------------------------------------------
 # Dtypes: how inputs are rounded and stored, and the tolerances that follow.
@@ -696,6 +706,47 @@ def print_table(copy_gbs, table, copy_bytes=COPY_BYTES):
         print(f"| {kernel} | {dtype} | {shape} | {ms:.4f} | {gbs:.0f} | {pct:.1f}% |")
 
 
+# Each timed kernel as the report names it: (report kernel, implementation suffix).
+REPORT_NAMES = {
+    "per_sample": ("Huber forward", ""),
+    "grad": ("Huber gradient", ""),
+    "total": ("HuberMetric update", ""),
+    "total[row]": ("HuberMetric update", ", a weight per row"),
+    "total[elem]": ("HuberMetric update", ", a weight per element"),
+}
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def benchmark_json(device_name, copy_gbs, table, reps, copy_bytes=COPY_BYTES):
+    """`run_bench`'s rows as the report's JSON (a dict; pytest-benchmark's shape): one case
+    per row, device `device_name`, and the copy as that device's memory-bandwidth ceiling."""
+    rows = []
+    for kernel, dtype, shape, ms, _, _ in table:
+        n_rows, cols = json.loads(shape)
+        report_kernel, suffix = REPORT_NAMES[kernel]
+        info = case_info(report_kernel, "large", shape, f"CUDA core {dtype}{suffix}", device_name,
+                         work=bytes_moved(kernel, n_rows, cols, DTYPES[dtype].itemsize), unit="B",
+                         elements=n_rows * cols)
+        rows.append((info, ms / 1e3, reps))
+    copy = ceiling_info("B", "cudaMemcpyAsync device-to-device copy", device_name,
+                        work=2 * copy_bytes, shape=f"[{copy_bytes} bytes]")
+    rows.append((copy, 2 * copy_bytes / copy_gbs / 1e9, reps))
+    machine = {"gpu": device_name, "node": platform.node(), "python_version": platform.python_version(),
+               "cpu": {"brand_raw": _cpu_name(), "count": os.cpu_count()}}
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    return harness_json(rows, machine, now)
+
+
 def target_verdict(table):
     """The target: per_sample and grad at BENCH_SHAPES[0] reach TARGET_PERCENT of the copy."""
     shape = "[{},{}]".format(*BENCH_SHAPES[0])
@@ -720,6 +771,8 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=30, help="timed runs per kernel (median)")
     parser.add_argument("--seed", type=int, default=int(time.time()) % 100000)
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--json", help="also write the bandwidth rows here, as the JSON that "
+                                       "`python -m fastcustom.bench report` reads")
     args = parser.parse_args(argv)
 
     dtypes = [DTYPES[name] for name in args.dtypes.split(",")]
@@ -741,10 +794,16 @@ def main(argv=None):
     if not args.no_bench:
         print("\n== bandwidth ==", flush=True)
         shapes = BENCH_SHAPES[:2] if args.quick else BENCH_SHAPES
-        copy_gbs, table = run_bench(lib, backend, dtypes, shapes, 10 if args.quick else args.reps,
-                                    args.seed, copy_bytes=COPY_BYTES)
+        reps = 10 if args.quick else args.reps
+        copy_gbs, table = run_bench(lib, backend, dtypes, shapes, reps, args.seed,
+                                    copy_bytes=COPY_BYTES)
         print_table(copy_gbs, table, COPY_BYTES)
         print("\n" + target_verdict(table))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as handle:
+                json.dump(benchmark_json(backend.device_name, copy_gbs, table, reps, COPY_BYTES),
+                          handle, indent=1)
+            print(f"wrote {args.json}")
 
     if report.failures:
         print(f"\nCORRECTNESS FAILURES ({len(report.failures)}):")

@@ -6,12 +6,19 @@
 #
 #   bash bench/gpu/run.sh [harness options, e.g. --quick or --no-bench]
 #
-# Everything printed also goes to $OUT/gpu_results.txt when OUT is set.
+# Everything printed also goes to $OUT/gpu_results.txt when OUT is set, and the
+# bandwidth rows to $OUT/gpu_results.json, which the benchmark report reads next to
+# the CPU suites' JSON (one table, one plot):
+#
+#   python -m fastcustom.bench report bench/out/results.json "$OUT/gpu_results.json"
 # Exits non-zero when the build or any correctness check fails.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 log=/dev/null
-if [[ -n "${OUT:-}" ]]; then mkdir -p "$OUT"; log="$OUT/gpu_results.txt"; fi
+json=()
+if [[ -n "${OUT:-}" ]]; then
+  mkdir -p "$OUT"; log="$OUT/gpu_results.txt"; json=(--json "$OUT/gpu_results.json")
+fi
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
 
@@ -44,5 +51,6 @@ trap 'rm -rf "$build"' EXIT
     | sed -e 's/fastcustom::gpu::(anonymous namespace):://' -e 's/(.*$//' -e 's/ void / /' | sort -k5
 
   echo "== harness"
-  PYTHONUNBUFFERED=1 python3 bench/gpu/harness.py --lib "$build/libfastcustom_huber_cuda.so" "$@"
+  PYTHONUNBUFFERED=1 python3 bench/gpu/harness.py --lib "$build/libfastcustom_huber_cuda.so" \
+    "${json[@]}" "$@"
 } 2>&1 | tee "$log"

@@ -1,4 +1,6 @@
-"""`python -m fastcustom.bench report RESULT.json [--out DIR]`: the Markdown table and the plot."""
+"""`python -m fastcustom.bench report RESULT.json [MORE.json ...] [--out DIR]`: the Markdown
+table and the plot. Several files make one report: the CPU suites' pytest-benchmark JSON and
+bench/gpu/harness.py's (`$OUT/gpu_results.json` from bench/gpu/run.sh), one table and one plot."""
 
 import argparse
 import pathlib
@@ -8,9 +10,10 @@ from fastcustom.bench import results as results_module
 from fastcustom.bench.table import markdown
 
 
-def report(result_json, out_dir=None):
-    """Print the Markdown report; write report.md and throughput.png into `out_dir`."""
-    results = results_module.load(result_json)
+def report(result_json, out_dir=None, *more_json):
+    """Print the Markdown report of `result_json` and `more_json`; write report.md and
+    throughput.png into `out_dir` (default: the first JSON's folder)."""
+    results = results_module.load(result_json, *more_json)
     text = markdown(results)
     print(text, end="")
     out = pathlib.Path(out_dir) if out_dir else pathlib.Path(result_json).parent
@@ -33,12 +36,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastcustom.bench")
     commands = parser.add_subparsers(dest="command", required=True)
     cmd = commands.add_parser("report", help="table and plot from a --benchmark-json file")
-    cmd.add_argument("result_json", help="the JSON written by pytest --benchmark-json")
+    cmd.add_argument("result_json", nargs="+",
+                     help="the JSON written by pytest --benchmark-json, and any more to merge "
+                          "(bench/gpu/harness.py --json)")
     cmd.add_argument("--out", help="folder for report.md and throughput.png "
                                    "(default: the JSON's folder)")
     args = parser.parse_args(argv)
     if args.command == "report":
-        report(args.result_json, args.out)
+        report(args.result_json[0], args.out, *args.result_json[1:])
     return 0
 
 

@@ -2,13 +2,20 @@
 
 A case is one implementation of one kernel at one size on one device. Its
 `work` is what one call must move or compute: bytes (`unit="B"`, judged
-against the measured memory-read bandwidth) or floating-point operations
+against the measured memory bandwidth) or floating-point operations
 (`unit="FLOP"`, judged against the measured matmul peak). A ceiling case
-measures that roof itself, on the same machine in the same run.
+measures that roof itself, on the same machine in the same run: on a CPU a
+read of both inputs on all cores, on a GPU (bench/gpu/harness.py) a
+device-to-device copy, bytes read plus bytes written as for the kernels.
+
+The CPU suites store these dicts in pytest-benchmark's `extra_info`;
+bench/gpu/harness.py, which runs without TensorFlow or pytest, writes its rows
+into a JSON file of the same shape (`harness_json`), so that one report reads both.
 """
 
-# Kernels, in report order, with the roof each is judged against.
-KERNELS = ("Huber forward", "Huber forward + gradient", "HuberMetric update",
+# Kernels, in report order, with the roof each is judged against. "Huber gradient" is the
+# gradient kernel alone (HuberPerSampleGrad), which only bench/gpu/harness.py times.
+KERNELS = ("Huber forward", "Huber forward + gradient", "Huber gradient", "HuberMetric update",
            "MyDense forward", "MyDense forward + gradient")
 SIZES = ("small", "medium", "large")
 
@@ -39,3 +46,16 @@ def ceiling_info(unit, implementation, device, *, work, shape):
     return {"kernel": ROOFS[unit][0], "size": "large", "shape": shape,
             "implementation": implementation, "device": device, "work": int(work),
             "unit": unit, "elements": 0, "baseline": False, "ceiling": True}
+
+
+def harness_json(rows, machine_info, datetime):
+    """A pytest-benchmark-shaped JSON document (as a dict) holding timed rows written
+    outside pytest: `rows` are (extra_info, median seconds, rounds), each `extra_info`
+    from `case_info` or `ceiling_info`. `results.load` reads it like pytest-benchmark's."""
+    benchmarks = []
+    for info, median, rounds in rows:
+        name = f"{info['kernel']} | {info['implementation']} | {info['shape']} | {info['device']}"
+        benchmarks.append({"name": name, "fullname": name, "group": None, "params": None,
+                           "extra_info": info,
+                           "stats": {"median": float(median), "rounds": int(rounds)}})
+    return {"machine_info": machine_info, "datetime": datetime, "benchmarks": benchmarks}

@@ -1,4 +1,9 @@
-"""Reads pytest-benchmark's JSON into `Case` rows, and picks each device's measured ceilings."""
+"""Reads pytest-benchmark's JSON into `Case` rows, and picks each device's measured ceilings.
+
+Several files make one run: the CPU suites' `--benchmark-json` and the GPU
+harness's `--json` (bench/gpu/harness.py, same shape: `cases.harness_json`)
+give one table and one plot.
+"""
 
 import json
 from dataclasses import dataclass
@@ -30,19 +35,21 @@ class Case:
     def sort_key(self):
         order = {name: i for i, name in enumerate(IMPLEMENTATIONS)}
         return (KERNELS.index(self.kernel) if self.kernel in KERNELS else len(KERNELS),
-                self.device != "cpu", self.device, SIZES.index(self.size),
+                self.device != "cpu", self.device, SIZES.index(self.size), self.shape,
                 order.get(self.implementation, len(order)), self.implementation)
 
 
 @dataclass(frozen=True)
 class Results:
-    """A run: its cases, its ceiling cases, other benchmarks (name, median) and machine info."""
+    """A run: its cases, its ceiling cases, other benchmarks (name, median) and machine info
+    (`machine`, `datetime`: the first file's; `sources`: (datetime, machine_info) per file)."""
 
     cases: list
     ceiling_cases: list
     others: list
     machine: dict
     datetime: str
+    sources: tuple = ()
 
     def ceiling(self, unit, device):
         """The fastest ceiling case of `unit` on `device`, or None when the run has none."""
@@ -64,17 +71,21 @@ def _case(bench):
                 median=bench["stats"]["median"])
 
 
-def load(path):
-    """The `Results` of a pytest-benchmark JSON file written with --benchmark-json."""
-    with open(path, encoding="utf-8") as handle:
-        data = json.load(handle)
-    cases, ceilings, others = [], [], []
-    for bench in data.get("benchmarks", []):
-        if "kernel" not in bench.get("extra_info", {}):
-            others.append((bench["fullname"], bench["stats"]["median"]))
-            continue
-        case = _case(bench)
-        (ceilings if case.ceiling else cases).append(case)
+def load(*paths):
+    """The `Results` of one or more JSON files: pytest-benchmark's (--benchmark-json) or
+    bench/gpu/harness.py's (--json), read alike."""
+    cases, ceilings, others, sources = [], [], [], []
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        sources.append((data.get("datetime", ""), data.get("machine_info", {})))
+        for bench in data.get("benchmarks", []):
+            if "kernel" not in bench.get("extra_info", {}):
+                others.append((bench["fullname"], bench["stats"]["median"]))
+                continue
+            case = _case(bench)
+            (ceilings if case.ceiling else cases).append(case)
     cases.sort(key=Case.sort_key)
-    return Results(cases=cases, ceiling_cases=ceilings, others=others,
-                   machine=data.get("machine_info", {}), datetime=data.get("datetime", ""))
+    first = sources[0] if sources else ("", {})
+    return Results(cases=cases, ceiling_cases=ceilings, others=others, machine=first[1],
+                   datetime=first[0], sources=tuple(sources))

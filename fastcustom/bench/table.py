@@ -16,11 +16,17 @@ def format_throughput(case):
     return f"{case.throughput / 1e9:.3g} {ROOFS[case.unit][1]}"
 
 
-def _machine_line(results):
-    cpu = results.machine.get("cpu", {}).get("brand_raw", "unknown CPU")
-    cores = results.machine.get("cpu", {}).get("count", "?")
-    python = results.machine.get("python_version", "?")
-    return f"Run {results.datetime or '?'} on {cpu} ({cores} cores), Python {python}."
+def _machine_line(datetime, machine):
+    cpu = machine.get("cpu", {}).get("brand_raw", "unknown CPU")
+    cores = machine.get("cpu", {}).get("count", "?")
+    python = machine.get("python_version", "?")
+    gpu = f" and {machine['gpu']}" if machine.get("gpu") else ""
+    return f"Run {datetime or '?'} on {cpu} ({cores} cores){gpu}, Python {python}."
+
+
+def _machine_lines(results):
+    sources = results.sources or ((results.datetime, results.machine),)
+    return [_machine_line(datetime, machine) for datetime, machine in sources]
 
 
 def _ceiling_table(results):
@@ -55,12 +61,14 @@ def _kernel_table(results, kernel):
 
 def markdown(results):
     """The whole report as Markdown text."""
-    out = ["# Benchmark report", "", _machine_line(results), "",
-           "Medians from pytest-benchmark. Speed-up: the baseline's median (the notes' code, "
-           "eager) over this one's. Throughput: bytes moved (Huber: both inputs read, plus "
-           "the gradient written) or FLOPs done (MyDense) per second; *of ceiling*: that "
-           "throughput over the roof measured in the same run (bold below): a memory-bound "
-           "read of both inputs on all cores (NumPy `max`, one thread per core) or plain "
+    out = ["# Benchmark report", "", *_machine_lines(results), "",
+           "Medians from pytest-benchmark (CPU suites) or from CUDA events "
+           "(bench/gpu/harness.py, rows on the GPU named). Speed-up: the baseline's median "
+           "(the notes' code, eager) over this one's. Throughput: bytes moved (Huber: both "
+           "inputs read, plus what the kernel writes) or FLOPs done (MyDense) per second; "
+           "*of ceiling*: that throughput over the roof measured in the same run on the same "
+           "device (bold below): a memory-bound read of both inputs on all cores (NumPy "
+           "`max`, one thread per core), a device-to-device copy on a GPU, or plain "
            "`tf.matmul`.", "", "## Ceilings", ""]
     out += _ceiling_table(results) if results.ceiling_cases else ["No ceiling cases ran."]
     for kernel in KERNELS:
