@@ -118,6 +118,9 @@ def _forward_torch(inputs):
     return call, "torch"
 
 
+# Each kernel has its table: the report's implementation name -> a builder of that
+# implementation's call. The tables, and the parametrized tests that run them, are parallel
+# by design (one row per way of computing the kernel), not code to share.
 FORWARD = {
     "notes (eager)": _forward_layer("notes (eager)"),
     "keras built-in": _forward_layer("keras built-in"),

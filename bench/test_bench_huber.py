@@ -111,6 +111,9 @@ def _forward_jax(inputs):
     return (lambda: loss(y_pred, y_true).block_until_ready()), "jax"
 
 
+# Each kernel has its table: the report's implementation name -> a builder of that
+# implementation's call. The tables, and the parametrized tests that run them, are parallel
+# by design (one row per way of computing the kernel), not code to share.
 FORWARD = {
     "notes (eager)": lambda inputs: _forward_tf(notes.Huberloss(THRESHOLD))(inputs),
     "keras built-in": lambda inputs: _forward_tf(keras.losses.Huber(THRESHOLD))(inputs),

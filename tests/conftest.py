@@ -2,10 +2,11 @@
 each shared model and data set, and the one way tests run Python in a fresh interpreter.
 
 Test modules get them as fixtures (`regression_data`, `everything_model`, `small_regressor`,
-`run_python`), each a function to call; scripts that tests run in a subprocess import the
-plain functions from here (`from conftest import make_regression_data`).
+`run_python`, `mirrored_fit`), each a function to call; scripts that tests run in a
+subprocess import the plain functions from here (`from conftest import make_regression_data`).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -71,6 +72,17 @@ def python_process(*argv, python=sys.executable, cwd=HERE, env=None, timeout=600
                           cwd=cwd, env=environment, timeout=timeout)
 
 
+def mirrored_fit_report(method):
+    """tests/mirrored_fit_check.py run with `method` ("model.fit" or "fastcustom.fit"): its
+    runs on one device and under a MirroredStrategy over two logical CPUs, (single, mirrored),
+    each {"history", "weights", "compiled_with"}; fails unless it ran on two devices."""
+    result = python_process("mirrored_fit_check.py", method, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(report["devices"]) == 2
+    return report["single"], report["mirrored"]
+
+
 @pytest.fixture
 def rng(request):
     """A NumPy generator seeded from the test's name: fresh data per test, reproducible runs
@@ -100,3 +112,9 @@ def everything_model():
 def run_python():
     """`python_process(*argv, python=..., cwd=..., env=..., timeout=...)`."""
     return python_process
+
+
+@pytest.fixture(scope="session")
+def mirrored_fit():
+    """`mirrored_fit_report(method)`: (single, mirrored) runs of tests/mirrored_fit_check.py."""
+    return mirrored_fit_report
