@@ -11,7 +11,10 @@ applies them before any path runs, so every path sees the same shapes:
 - sample weights: trailing axes of size 1 beyond y_pred's rank are dropped, a
   lower rank weighs whole rows and broadcasts (keras/src/losses/loss.py,
   `reduce_weighted_values`; keras/src/metrics/reduction_metrics.py,
-  `reduce_to_samplewise_values`).
+  `reduce_to_samplewise_values`);
+- masks: a Keras mask on y_pred is a weight of 0 or 1, multiplied into the
+  sample weights after their ranks are matched as above (keras/src/losses/loss.py,
+  `apply_mask`, as Keras's metrics call it).
 
 Each rule also holds when a rank is known only when the graph runs.
 
@@ -126,3 +129,17 @@ def _weights_per_element_at_run_time(weights, y_pred):
     shape = tf.concat([tf.shape(weights)[:tf.minimum(rank, pred_rank)],
                        _trailing_ones(pred_rank - rank)], 0)
     return tf.broadcast_to(tf.reshape(weights, shape), tf.shape(y_pred))
+
+
+def apply_mask(sample_weight, mask, dtype):
+    """`sample_weight` with a Keras mask applied, in `dtype`: the mask as 0/1 weights when
+    there are no weights, else mask * weights with ranks matched first (a mask [B] and
+    weights [B, 1] give [B, 1], not [B, B]); `sample_weight` itself when `mask` is None.
+    Keras's `apply_mask` with the reduction its metrics use ("sum")."""
+    if mask is None:
+        return sample_weight
+    mask = tf.cast(mask, dtype)
+    if sample_weight is None:
+        return mask
+    mask, sample_weight = _same_rank(mask, tf.cast(sample_weight, dtype))
+    return mask * sample_weight
