@@ -7,13 +7,14 @@
 //   mean = total / (N D) and grad_pred = clamp(...) / (N D) in one pass (HuberMeanWithGrad)
 //
 // One summation order, whatever the thread count. A chunk of n <= kChunk
-// consecutive elements is summed in Acc (float; double for double inputs) by
-// W = min(kLanes, bit_ceil(n)) lanes -- lane l adds elements l, l + kLanes, ...
-// in turn -- whose values are then added pairwise in halves (lane i += lane
-// i + w for w = W/2, ..., 1). A row of D <= kChunk elements is one chunk (rows
-// of D <= kLanes are reduced many at a time by vector shuffles, in that same
-// order); longer rows, and the flat totals, add their chunk sums in double in
-// increasing order. The parallel blocks depend only on the shape; each writes
+// consecutive elements is summed by W = min(kLanes, bit_ceil(n)) lanes -- lane l
+// adds elements l, l + kLanes, ... in turn, in Acc (float; double for double
+// inputs), moving its float sum into a double every kFlush elements -- whose
+// double values are then added pairwise in halves (lane i += lane i + w for
+// w = W/2, ..., 1) and rounded once to Acc. A row of D <= kChunk elements is one
+// chunk (rows of D <= kLanes are reduced many at a time by vector shuffles, in
+// that same order); longer rows, and the flat totals, add their chunk sums in
+// double in increasing order. The parallel blocks depend only on the shape; each writes
 // its own outputs or partial sums, and partial sums are added in block order
 // by one thread.
 //
@@ -147,56 +148,85 @@ A HalvingSum(A* lane, int width) {
   return lane[0];
 }
 
+// Float lanes add at most kFlush values each before their sums move into double
+// lanes, so a chunk's float rounding stays near (kFlush + 3) 2^-24 of its sum of
+// |values| at any length; double inputs add in double lanes throughout. A chunk is
+// summed in segments of kSegment elements, each segment's lanes then added to the
+// double lanes, which are added pairwise in halves and rounded once to A.
+constexpr int64_t kFlush = 8;
+template <typename A>
+constexpr int64_t kSegment = std::is_same_v<A, double> ? kChunk : kFlush * kLanes<A>;
+
+template <typename A>
+void AddLanes(const A* part, double* whole) {
+  for (int l = 0; l < kLanes<A>; ++l) whole[l] += static_cast<double>(part[l]);
+}
+
 template <typename A>
 A ChunkSum(const A* t, const A* p, int64_t n, A threshold) {
   constexpr int kL = kLanes<A>;
-  A lane[kL] = {};
-  int64_t j = 0;
-  for (; j + kL <= n; j += kL) {
-    for (int l = 0; l < kL; ++l) lane[l] += HuberValue(t[j + l], p[j + l], threshold);
+  double whole[kL] = {};
+  for (int64_t j = 0; j < n;) {
+    const int64_t end = std::min(n, j + kSegment<A>);
+    A lane[kL] = {};
+    for (; j + kL <= end; j += kL) {
+      for (int l = 0; l < kL; ++l) lane[l] += HuberValue(t[j + l], p[j + l], threshold);
+    }
+    for (int l = 0; j < end; ++l, ++j) lane[l] += HuberValue(t[j], p[j], threshold);
+    AddLanes(lane, whole);
   }
-  for (int l = 0; j + l < n; ++l) lane[l] += HuberValue(t[j + l], p[j + l], threshold);
-  return HalvingSum(lane, LaneCount<A>(n));
+  return static_cast<A>(HalvingSum(whole, LaneCount<A>(n)));
 }
 
 // (sum w h, sum w) over one chunk.
 template <typename A>
 std::pair<A, A> WeightedChunkSum(const A* t, const A* p, const A* w, int64_t n, A threshold) {
   constexpr int kL = kLanes<A>;
-  A total[kL] = {};
-  A count[kL] = {};
-  int64_t j = 0;
-  for (; j + kL <= n; j += kL) {
-    for (int l = 0; l < kL; ++l) {
-      total[l] += w[j + l] * HuberValue(t[j + l], p[j + l], threshold);
-      count[l] += w[j + l];
+  double whole_total[kL] = {};
+  double whole_count[kL] = {};
+  for (int64_t j = 0; j < n;) {
+    const int64_t end = std::min(n, j + kSegment<A>);
+    A total[kL] = {};
+    A count[kL] = {};
+    for (; j + kL <= end; j += kL) {
+      for (int l = 0; l < kL; ++l) {
+        total[l] += w[j + l] * HuberValue(t[j + l], p[j + l], threshold);
+        count[l] += w[j + l];
+      }
     }
-  }
-  for (int l = 0; j + l < n; ++l) {
-    total[l] += w[j + l] * HuberValue(t[j + l], p[j + l], threshold);
-    count[l] += w[j + l];
+    for (int l = 0; j < end; ++l, ++j) {
+      total[l] += w[j] * HuberValue(t[j], p[j], threshold);
+      count[l] += w[j];
+    }
+    AddLanes(total, whole_total);
+    AddLanes(count, whole_count);
   }
   const int width = LaneCount<A>(n);
-  return {HalvingSum(total, width), HalvingSum(count, width)};
+  return {static_cast<A>(HalvingSum(whole_total, width)),
+          static_cast<A>(HalvingSum(whole_count, width))};
 }
 
 // ChunkSum, and grad[i] = scale * dh/dy_pred[i] written in the same pass.
 template <typename A>
 A ChunkSumAndGrad(const A* t, const A* p, int64_t n, A threshold, A scale, A* grad) {
   constexpr int kL = kLanes<A>;
-  A lane[kL] = {};
-  int64_t j = 0;
-  for (; j + kL <= n; j += kL) {
-    for (int l = 0; l < kL; ++l) {
-      lane[l] += HuberValue(t[j + l], p[j + l], threshold);
-      grad[j + l] = scale * HuberGradPred(t[j + l], p[j + l], threshold);
+  double whole[kL] = {};
+  for (int64_t j = 0; j < n;) {
+    const int64_t end = std::min(n, j + kSegment<A>);
+    A lane[kL] = {};
+    for (; j + kL <= end; j += kL) {
+      for (int l = 0; l < kL; ++l) {
+        lane[l] += HuberValue(t[j + l], p[j + l], threshold);
+        grad[j + l] = scale * HuberGradPred(t[j + l], p[j + l], threshold);
+      }
     }
+    for (int l = 0; j < end; ++l, ++j) {
+      lane[l] += HuberValue(t[j], p[j], threshold);
+      grad[j] = scale * HuberGradPred(t[j], p[j], threshold);
+    }
+    AddLanes(lane, whole);
   }
-  for (int l = 0; j + l < n; ++l) {
-    lane[l] += HuberValue(t[j + l], p[j + l], threshold);
-    grad[j + l] = scale * HuberGradPred(t[j + l], p[j + l], threshold);
-  }
-  return HalvingSum(lane, LaneCount<A>(n));
+  return static_cast<A>(HalvingSum(whole, LaneCount<A>(n)));
 }
 
 // The same sums in double, in order: for chunks whose float sum is not finite.
