@@ -1,4 +1,5 @@
-"""Regression tests for issue #15: each defect it (and its fuzzer) found, by name, on both paths."""
+"""Regressions: each defect found in the Huber components (by hand or by
+tests/test_fuzz_huber.py), by name, checked on both paths against the reference."""
 
 import numpy as np
 import pytest
@@ -88,6 +89,35 @@ def test_float32_overflow_inside_does_not_change_a_finite_answer(path):
     ref = reference.StreamingHuberMean(1e-30)
     ref.update(y_true, y_pred, [[10.0, 1.0]])
     np.testing.assert_allclose(float(metric.result()), ref.result(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [tf.float16, tf.float32])
+def test_metric_total_of_equal_values_at_2m_elements_within_1e6(path, dtype):
+    # Found by the fuzzer: the op summed 256 values per float lane, so 2,000,000 equal
+    # values (|e| = threshold = 1e4, weight 1.9108851) came out 2e-6 off in total and count.
+    n, weight = 2_000_000, np.float32(1.9108851)
+    y_true, y_pred = tf.zeros([n], dtype), tf.fill([n], tf.constant(1e4, dtype))
+    weights = tf.fill([n], weight)
+    with fastcustom.use_path(path):
+        total, count = fastcustom.ops.huber.huber_weighted_total(y_true, y_pred, 1e4, weights)
+    w = float(tf.cast(weight, dtype))
+    expected = reference.huber_elementwise(np.zeros(1), np.array([1e4]), 1e4)[0] * w * n
+    assert float(total) == pytest.approx(expected, rel=1e-6)
+    assert float(count) == pytest.approx(w * n, rel=1e-6)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_loss_mean_near_float32_max_is_finite(path):
+    # Found by the fuzzer: Keras sums the per-sample values in float32, so the XLA path
+    # gave inf where the mean is 1.5e38 (the op's fused mean was right).
+    y_true, y_pred = tf.zeros([4, 16]), tf.fill([4, 16], -1.5e38)
+    with fastcustom.use_path(path), tf.GradientTape() as tape:
+        tape.watch(y_pred)
+        loss = fastcustom.HuberLoss(threshold=1.0)(y_true, y_pred)
+    assert float(loss) == pytest.approx(1.5e38 - 0.5, rel=1e-6)
+    np.testing.assert_allclose(tape.gradient(loss, y_pred).numpy(), -1.0 / 64, rtol=1e-6)
+    assert float(fastcustom.HuberLoss(threshold=1.0)(y_true, y_pred)) == pytest.approx(1.5e38)
 
 
 @pytest.mark.parametrize("path", PATHS)
