@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from fastcustom._validation import positive_finite
 from fastcustom.ops.huber import huber_weighted_total
+from fastcustom.ops.inputs import apply_mask
 
 
 @keras.saving.register_keras_serializable(package="fastcustom")
@@ -39,13 +40,10 @@ class HuberMetric(keras.metrics.Metric):
                                        name="count")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        mask = getattr(y_pred, "_keras_mask", None)
+        sample_weight = apply_mask(sample_weight, getattr(y_pred, "_keras_mask", None),
+                                   self.dtype)
         y_pred = tf.cast(y_pred, self.dtype)
         y_true = tf.cast(y_true, self.dtype)
-        if mask is not None:
-            mask = tf.cast(mask, self.dtype)
-            sample_weight = mask if sample_weight is None else (
-                mask * tf.cast(sample_weight, self.dtype))
         total, count = huber_weighted_total(y_true, y_pred, self.threshold, sample_weight)
         self.total.assign_add(total)
         self.count.assign_add(count)

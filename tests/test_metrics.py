@@ -52,6 +52,18 @@ def test_mask_zeroes_weights(rng):
     np.testing.assert_allclose(float(metric.result()), ref.result(), rtol=1e-6)
 
 
+def test_mask_with_per_sample_weights_of_a_trailing_axis(rng):
+    # A mask [B] with weights [B, 1] is [B, 1] (ranks matched first, as Keras does), not [B, B].
+    y_true, y_pred, _ = batches(rng, 1, (3, 2))[0]
+    mask, weights = np.array([True, False, True]), np.array([[1.0], [2.0], [3.0]])
+    masked = tf.constant(y_pred)
+    masked._keras_mask = tf.constant(mask)
+    metric, ref = fastcustom.HuberMetric(), reference.StreamingHuberMean()
+    metric.update_state(y_true, masked, sample_weight=weights)
+    ref.update(y_true, y_pred, weights[:, 0] * mask)
+    np.testing.assert_allclose(float(metric.result()), ref.result(), rtol=1e-6)
+
+
 def test_result_is_zero_when_empty_and_after_reset(rng):
     metric = fastcustom.HuberMetric()
     assert float(metric.result()) == 0.0
