@@ -425,8 +425,7 @@ std::vector<double> LongRowSums(OpKernelContext* ctx, const T* t, const T* p, in
 }
 
 // res[i] = grad[row] / D * HuberGradPred(t[i], p[i]) for the n elements from flat
-// index e0, one row segment at a time. (Fixed-length loops for D = 1, 2, 4, 8, 16
-// measured within noise of this one, and went.)
+// index e0, one row segment at a time, for every D.
 template <typename T>
 void GradChunk(const Acc<T>* t, const Acc<T>* p, const T* g, int64_t e0, int64_t n,
                int64_t depth, Acc<T> threshold, Acc<T>* res) {

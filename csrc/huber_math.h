@@ -12,7 +12,7 @@
 // t (|e| - t/2) above it, with no t^2 or e^2 that overflows when h does not (a
 // threshold above ~1.8e19 in float made t |e| - t^2/2 an inf - inf = NaN), and no
 // branch: the min is a select, so the loops vectorize (a branch per element
-// mispredicts on mixed data: ~10x slower). Where h itself overflows Acc it is
+// mispredicts on mixed data). Where h itself overflows Acc it is
 // +inf; the CPU kernels then recompute that row or chunk in double
 // (fastcustom.reference's rule: one rounding at the end).
 //
