@@ -23,12 +23,13 @@ from conftest import Device  # noqa: E402
 MB = 1e6
 # (kernel table, implementation, bytes moved in units of one input array)
 ROWS = [("read", name, 2) for name in suite.READS] + [
-    ("forward", "fastcustom", 2), ("forward", "fused op", 2),
+    ("forward", "fastcustom", 2), ("forward", "fused op", 2), ("forward", "XLA path (eager)", 2),
     ("forward", "best XLA form (float32)", 2), ("forward", "torch", 2),
     ("forward + gradient", "fastcustom (tf.function)", 3),
     ("forward + gradient", "fastcustom", 3),
     ("forward + gradient", "fused op", 5),   # forward reads 2; gradient reads 2, writes 1
     ("forward + gradient", "tf.function + XLA", 3),
+    ("forward + gradient", "XLA path (eager)", 3),
     ("forward + gradient", "best XLA form (float32)", 3),
     ("forward + gradient", "torch", 3)]
 TABLES = {"read": suite.READS, "forward": suite.FORWARD,

@@ -20,8 +20,7 @@ import fastcustom
 from fastcustom import reference
 from fastcustom.bench import case_info, ceiling_info
 from fastcustom.bench.cases import SIZES
-from fastcustom.ops.huber import (_huber_per_sample_xla, huber_per_sample_tf,
-                                  huber_weighted_total_tf)
+from fastcustom.ops.huber import huber_per_sample_tf, huber_weighted_total_tf
 from fastcustom.baselines import notes
 
 SHAPES = {"small": (32, 1), "medium": (16384, 16), "large": (500000, 16)}
@@ -66,6 +65,14 @@ def _tape(loss_fn, y_true, y_pred):
         tape.watch(y_pred)
         value = loss_fn(y_true, y_pred)
     return value, tape.gradient(value, y_pred)
+
+
+def _on_xla_path(loss_fn):
+    """`loss_fn` called inside `fastcustom.use_path("xla")`."""
+    def call(y_true, y_pred):
+        with fastcustom.use_path("xla"):
+            return loss_fn(y_true, y_pred)
+    return call
 
 
 def _best_xla_form_mean(y_true, y_pred):
@@ -120,10 +127,10 @@ FORWARD = {
     "tf.function": lambda inputs: _forward_tf(tf.function(_mean_huber))(inputs),
     "tf.function + XLA": lambda inputs: _forward_tf(
         tf.function(_mean_huber, jit_compile=True))(inputs),
-    # What fastcustom runs without the op: per-sample values from the XLA-compiled
-    # function, then the mean (as the fused op's row does).
+    # What fastcustom runs without the op: HuberLoss on the XLA path, whose mean is one
+    # XLA-compiled function (float64 inside).
     "XLA path (eager)": lambda inputs: _forward_tf(
-        lambda t, p: tf.reduce_mean(_huber_per_sample_xla(t, p, THRESHOLD)))(inputs),
+        _on_xla_path(fastcustom.HuberLoss(THRESHOLD)))(inputs),
     # The best XLA formulation in float32 (no t^2/2, one min): the speed the XLA path's
     # float64 formula must stay within 90% of, side by side.
     "best XLA form (float32)": lambda inputs: _forward_tf(
@@ -186,10 +193,10 @@ FORWARD_GRADIENT = {
     "tf.function": lambda inputs: _forward_tf(tf.function(_mean_huber_and_grad))(inputs),
     "tf.function + XLA": lambda inputs: _forward_tf(
         tf.function(_mean_huber_and_grad, jit_compile=True))(inputs),
-    # What fastcustom runs without the op: the XLA-compiled forward, differentiated by
-    # the tape (its backward pass is a second compiled function).
+    # What fastcustom runs without the op: HuberLoss's XLA-compiled mean, differentiated
+    # by the tape (its backward pass is a second compiled function).
     "XLA path (eager)": lambda inputs: _grad_tf_eager(
-        lambda t, p: tf.reduce_mean(_huber_per_sample_xla(t, p, THRESHOLD)))(inputs),
+        _on_xla_path(fastcustom.HuberLoss(THRESHOLD)))(inputs),
     # The best XLA formulation in float32, loss and gradient compiled in one function.
     "best XLA form (float32)": lambda inputs: _forward_tf(tf.function(
         functools.partial(_tape, _best_xla_form_mean), jit_compile=True))(inputs),

@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 
 from fastcustom._validation import positive_finite
-from fastcustom.ops.huber import huber_mean_for_tape, huber_per_sample
+from fastcustom.ops.huber import huber_mean, huber_per_sample
 
 _register = keras.saving.register_keras_serializable(package="fastcustom")
 
@@ -74,11 +74,10 @@ class HuberLoss(keras.losses.Loss):
     Sample weights, masks and every Keras reduction come from
     `keras.losses.Loss`; `threshold` comes back from `get_config`. The default
     reduction without weights or masks is the exact mean of every element's h,
-    rounded once to the loss's dtype (Keras sums the per-sample values in that
-    dtype, which overflows to inf in float32 where the mean itself is finite):
-    under a `tf.GradientTape` (as in `model.fit`) one fused pass that also writes
-    the gradient (`fastcustom.ops.huber.huber_mean_for_tape`), elsewhere the
-    float64 mean of the per-sample values.
+    rounded once to the loss's dtype (`fastcustom.ops.huber.huber_mean`: under a
+    `tf.GradientTape`, as in `model.fit`, one fused pass that also writes the
+    gradient), where Keras sums the per-sample values in that dtype (inf in
+    float32 where the mean itself is finite).
 
     >>> import numpy as np
     >>> loss = HuberLoss(threshold=1.0)
@@ -96,17 +95,11 @@ class HuberLoss(keras.losses.Loss):
                 and getattr(y_pred, "_keras_mask", None) is None
                 and not tf.distribute.has_strategy()):
             with tf.name_scope(self.name):
-                y_true = keras.ops.convert_to_tensor(y_true, dtype=self.dtype)
-                y_pred = keras.ops.convert_to_tensor(y_pred, dtype=self.dtype)
-                if y_pred.shape.rank is not None and y_pred.shape.rank >= 2 \
-                        and 0 not in y_pred.shape:   # else Keras returns them unreduced
-                    mean = huber_mean_for_tape(y_true, y_pred, self.threshold)
-                    if mean is None:
-                        per_sample = tf.cast(self.call(y_true, y_pred), tf.float64)
-                        mean = tf.cast(tf.math.divide_no_nan(
-                            tf.reduce_sum(per_sample), tf.cast(tf.size(per_sample), tf.float64)),
-                            y_pred.dtype)
-                    return mean
+                mean = huber_mean(keras.ops.convert_to_tensor(y_true, dtype=self.dtype),
+                                  keras.ops.convert_to_tensor(y_pred, dtype=self.dtype),
+                                  self.threshold)
+            if mean is not None:
+                return mean
         return super().__call__(y_true, y_pred, sample_weight)
 
     def call(self, y_true, y_pred):

@@ -4,10 +4,11 @@
     e = y_true - y_pred, q = min(|e|, threshold)
 
 `huber_per_sample` is the mean of h over the last axis (the `keras.losses.huber`
-convention); `huber_weighted_total` is (sum of w * h, sum of w) in float64 for
-the streaming metric. Both follow the edge rules written in
+convention); `huber_mean` the mean over every element (HuberLoss's default
+reduction); `huber_weighted_total` is (sum of w * h, sum of w) in float64 for
+the streaming metric. All follow the edge rules written in
 `fastcustom.reference.huber` (exact float64 value rounded once; inf stays inf;
-NaN only where the math is NaN). Both first apply Keras's input rules
+NaN only where the math is NaN). Each first applies Keras's input rules
 (`fastcustom.ops.inputs`), then pick a path, in this order:
 
 0. the path forced by `fastcustom.use_path("xla" | "op")`, if any;
@@ -91,15 +92,44 @@ def huber_per_sample_tf(y_true, y_pred, threshold):
     return tf.cast(tf.reduce_mean(values, axis=-1), y_pred.dtype)
 
 
+# Whole-tensor reductions go over the last axis first, then the rest: XLA:CPU adds a
+# whole tensor into one scalar in a single serial loop, while row sums vectorize.
+def _sum_all(values):
+    return tf.reduce_sum(tf.reduce_sum(values, axis=-1))
+
+
+def huber_mean_tf(y_true, y_pred, threshold):
+    """Mean of h over every element (of rank >= 2 with no zero-sized axis: the mean of
+    the per-sample means), in TF ops (float64 inside); returns the input dtype."""
+    values = huber_elementwise_tf(y_true, y_pred, threshold)
+    return tf.cast(tf.reduce_mean(tf.reduce_mean(values, axis=-1)), y_pred.dtype)
+
+
+def huber_mean_grad_tf(y_true, y_pred, threshold):
+    """d `huber_mean_tf` / d y_pred = clip(y_pred - y_true, -t, t) / size, in float64
+    inside; returns the input dtype."""
+    error = tf.cast(y_pred, tf.float64) - tf.cast(y_true, tf.float64)
+    threshold = tf.cast(threshold, tf.float64)
+    grad = tf.clip_by_value(error, -threshold, threshold) / tf.cast(tf.size(error), tf.float64)
+    return tf.cast(grad, y_pred.dtype)
+
+
+def huber_mean_with_grad_tf(y_true, y_pred, threshold):
+    """(`huber_mean_tf`, `huber_mean_grad_tf`) from one read of the inputs: XLA fuses both
+    into one pass."""
+    return (huber_mean_tf(y_true, y_pred, threshold),
+            huber_mean_grad_tf(y_true, y_pred, threshold))
+
+
 def huber_weighted_total_tf(y_true, y_pred, threshold, weights, per_row=False):
     """(sum w*h, sum w) in float64; `weights` is None, one per row ([...], `per_row`)
     or one per element (y_pred's shape)."""
     values = huber_elementwise_tf(y_true, y_pred, threshold)
     if weights is None:
-        return tf.reduce_sum(values), tf.cast(tf.size(values), tf.float64)
+        return _sum_all(values), tf.cast(tf.size(values), tf.float64)
     weights = tf.cast(weights, tf.float64)
     if not per_row:
-        return tf.reduce_sum(values * weights), tf.reduce_sum(weights)
+        return _sum_all(values * weights), _sum_all(weights)
     depth = tf.cast(tf.shape(values)[-1], tf.float64)
     return (tf.reduce_sum(tf.reduce_sum(values, axis=-1) * weights),
             tf.reduce_sum(weights) * depth)
@@ -108,6 +138,9 @@ def huber_weighted_total_tf(y_true, y_pred, threshold, weights, per_row=False):
 # One trace per input signature (relaxed), not per threshold: it arrives as a tensor.
 _huber_per_sample_xla = tf.function(huber_per_sample_tf, jit_compile=True,
                                     reduce_retracing=True)
+_huber_mean_xla = tf.function(huber_mean_tf, jit_compile=True, reduce_retracing=True)
+_huber_mean_with_grad_xla = tf.function(huber_mean_with_grad_tf, jit_compile=True,
+                                        reduce_retracing=True)
 _huber_weighted_total_xla = tf.function(huber_weighted_total_tf, jit_compile=True,
                                         reduce_retracing=True)
 
@@ -134,47 +167,74 @@ def huber_per_sample(y_true, y_pred, threshold=1.0):
 _MEAN_WITH_GRAD_DTYPES = (tf.float32, tf.float64)
 
 
-def huber_mean_for_tape(y_true, y_pred, threshold=1.0):
-    """The mean of h over every element, with d mean / d y_pred written in the same pass;
-    or None when that op does not serve the call.
+def huber_mean(y_true, y_pred, threshold=1.0):
+    """The mean of h over every element (the mean of the per-sample values), rounded once
+    to y_pred's dtype; None for a y_pred of rank < 2 or with a zero-sized axis (Keras
+    returns those per-sample values unreduced, or divides no value by none).
 
-    It serves when the fused op would (see `huber_per_sample`), on the CPU, for float32
-    and float64, and only while a `tf.GradientTape` records y_pred or y_true (eagerly or
-    while a `tf.function` is traced, as in `model.fit`'s train step): a forward pass
-    nobody differentiates takes `huber_per_sample` and writes no gradient. The
-    registered gradient then only scales that stored gradient by the upstream scalar
-    (`fastcustom.ops.huber_gradients`): inputs read once, gradient written once, where
-    per-sample values and their gradient take two passes. Elsewhere (`tf.gradients`
-    in a graph, a `tf.function` differentiated from outside) the per-sample path and
-    its one-pass gradient kernel serve.
+    While a `tf.GradientTape` records y_pred or y_true (eagerly, or while a
+    `tf.function` is traced, as in `model.fit`'s train step), one pass reads the
+    inputs once and writes d mean / d y_pred beside the mean: the fused op
+    HuberMeanWithGrad (float32 and float64 on the CPU), else one XLA-compiled
+    function. The tape's backward pass then only scales that stored gradient by the
+    upstream scalar. A forward pass nobody differentiates writes no gradient (eagerly
+    on the op path: HuberWeightedTotal's float64 total / count). Elsewhere (`tf.gradients` in a graph, a `tf.function` differentiated from
+    outside) the per-sample op and its gradient kernel serve on the op path.
     """
     y_true, y_pred = prepare_pair(y_true, y_pred)
-    if (y_pred.dtype not in _MEAN_WITH_GRAD_DTYPES or y_pred.shape.rank is None
-            or y_pred.shape.rank < 2 or 0 in y_pred.shape
-            or not record.should_record_backprop([y_true, y_pred])):
+    if y_pred.shape.rank is None or y_pred.shape.rank < 2 or 0 in y_pred.shape:
         return None
+    if in_xla_context():   # whatever use_path says: custom ops cannot run here
+        return huber_mean_tf(y_true, y_pred, threshold)
     ops = _fused_ops_for(y_pred)
-    if ops is None or not runs_on_cpu(y_pred):
-        return None
+    recording = record.should_record_backprop([y_true, y_pred])
+    threshold = _threshold(threshold)
+    if ops is None:
+        if recording:
+            return _mean_with_recorded_gradient(
+                y_true, y_pred, lambda: _huber_mean_with_grad_xla(y_true, y_pred, threshold),
+                lambda stored, grad: _scaled(y_true, y_pred, threshold, stored, grad))
+        return _huber_mean_xla(y_true, y_pred, threshold)
     y_true, y_pred = broadcast_pair(y_true, y_pred)
-    return _mean_with_recorded_gradient(ops, y_true, y_pred, _threshold(threshold))
+    if recording and y_pred.dtype in _MEAN_WITH_GRAD_DTYPES and runs_on_cpu(y_pred):
+        return _mean_with_recorded_gradient(
+            y_true, y_pred, lambda: ops.huber_mean_with_grad(y_true, y_pred, threshold),
+            lambda stored, grad: ops.huber_mean_grad(y_true, y_pred, threshold, stored, grad))
+    if tf.executing_eagerly():   # one op and two scalar ones (HuberWeightedTotal has no gradient)
+        total, count = ops.huber_weighted_total(y_true, y_pred, threshold,
+                                                tf.zeros([0], y_pred.dtype))
+        return tf.cast(total / count, y_pred.dtype)
+    per_sample = ops.huber_per_sample(y_true, y_pred, threshold)
+    return tf.cast(tf.reduce_mean(tf.cast(per_sample, tf.float64)), y_pred.dtype)
 
 
-def _mean_with_recorded_gradient(ops, y_true, y_pred, threshold):
-    """HuberMeanWithGrad's mean, recorded on the tapes with only that output.
+def _scaled(y_true, y_pred, threshold, stored, grad):
+    """The XLA path's HuberMeanGrad: stored * grad, `stored` itself when grad is 1 (a loss
+    differentiated directly); recomputed from the inputs, differentiably, while an
+    outer tape records them (second derivatives)."""
+    grad = tf.cast(grad, stored.dtype)
+    if record.should_record_backprop([y_true, y_pred]):
+        return huber_mean_grad_tf(y_true, y_pred, threshold) * grad
+    return tf.cond(tf.equal(grad, 1), lambda: stored, lambda: stored * grad)
 
-    Recorded as the op itself, its second output (the stored gradient) would be
-    an output the tape fills with zeros of y_pred's shape on every eager backward
-    pass (a full write); recorded by hand, the backward pass reads `stored` and
-    writes nothing (HuberMeanGrad returns it as is when the upstream is 1). The
-    op's registered gradient still serves `tf.gradients` in a graph.
+
+def _mean_with_recorded_gradient(y_true, y_pred, mean_and_stored, scale):
+    """The mean of `mean_and_stored()` = (mean, d mean / d y_pred), run unrecorded, then
+    recorded on the tapes as a function of y_true and y_pred whose backward pass is
+    `scale(stored, upstream)`.
+
+    Recorded as an op with two outputs, the stored gradient would be an output the
+    tape fills with zeros of y_pred's shape on every eager backward pass (a full
+    write); recorded by hand, the backward pass reads `stored` and writes nothing
+    when the upstream is 1 (HuberMeanGrad and `_scaled` return it as is). The fused op's
+    registered gradient still serves `tf.gradients` in a graph.
     """
     with record.stop_recording():
-        mean, stored = ops.huber_mean_with_grad(y_true, y_pred, threshold)
+        mean, stored = mean_and_stored()
     watched = [i for i, x in enumerate((y_true, y_pred)) if record.should_record_backprop([x])]
 
     def backward(grad):
-        grad_pred = ops.huber_mean_grad(y_true, y_pred, threshold, stored, grad)
+        grad_pred = scale(stored, grad)
         return [grad_pred if i == 1 else -grad_pred for i in watched]
 
     record.record_operation("FastCustom>HuberMeanWithGrad", [mean],
