@@ -56,6 +56,22 @@ def _leading_shape(full):
     return tuple(leaves[0].shape[:2]) if leaves else (0, 0)
 
 
+def _signature(value):
+    """What decides the trace of a loop for the arguments `value`, hashable.
+
+    As `tf.function` reads them: the containers (type, dict keys, length),
+    each tensor's shape and dtype, any other leaf (None, a Python int) as is.
+    """
+    if isinstance(value, tf.Tensor):
+        return tuple(value.shape), value.dtype
+    if isinstance(value, (list, tuple)):
+        return type(value), tuple(_signature(item) for item in value)
+    if isinstance(value, dict):
+        return type(value), tuple((key, _signature(value[key]))
+                                  for key in sorted(value, key=str))
+    return value
+
+
 def as_keras_batch(batch):
     """`batch` with its batch axis of unknown static size, as Keras's data sets give it.
 
@@ -97,7 +113,8 @@ class CompiledLoops:
         self._steps_log_metrics = {
             "train": not keras_internals.overrides(model, "train_step", "compute_metrics"),
             "test": not keras_internals.overrides(model, "test_step", "compute_metrics")}
-        self._compiled = {}
+        self._compiled = {}   # (loop name, XLA or not) -> its tf.function
+        self._concrete = {}   # ((loop name, XLA or not), _signature of the arguments) -> trace
         # The steps as functions of their own, traced once however often the loops call
         # them (unrolled, the odd step, the tail); XLA inlines the calls. Not under several
         # replicas: `strategy.run` of a nested tf.function can't all-reduce (merge_call).
@@ -218,14 +235,32 @@ class CompiledLoops:
         return tf.nest.map_structure(lambda *parts: tf.concat(parts, 0), *outputs)
 
     # -- compilation -----------------------------------------------------------------
-    def _call(self, fn, *args):
-        """`fn(*args)` as a tf.function: XLA-compiled, or a graph after XLA failed once."""
+    def _traced(self, fn, args):
+        """`fn`'s traced (concrete) function for `args`, traced on first use.
+
+        A `tf.function` call matches its arguments against its traces every
+        time (TensorFlow's `trace_type` walk of the whole nest and binding to
+        the signature): a fixed cost per call that shows when calls are short
+        (32 steps of a small model, with batch callbacks or a streamed window)
+        and repeats for the same shapes. So the traces are looked up here by
+        `_signature` and called directly. Under several replicas (per-replica
+        values, a plain graph) the `tf.function` picks as usual.
+        """
         key = (fn.__name__, self._xla)
         if key not in self._compiled:
             self._compiled[key] = tf.function(fn, jit_compile=self._xla, autograph=False)
+        if self.replicas > 1:
+            return self._compiled[key]
+        signature = (key, _signature(args))
+        if signature not in self._concrete:
+            self._concrete[signature] = self._compiled[key].get_concrete_function(*args)
+        return self._concrete[signature]
+
+    def _call(self, fn, *args):
+        """`fn(*args)` as a tf.function: XLA-compiled, or a graph after XLA failed once."""
         try:
             with self.strategy.scope():
-                return self._compiled[key](*args)
+                return self._traced(fn, args)(*args)
         except _XLA_COMPILE_ERRORS as err:
             if not (self._xla and self._may_fall_back):
                 raise
