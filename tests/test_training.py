@@ -134,6 +134,22 @@ def test_a_second_call_reuses_the_compiled_loop(regression_data, small_regressor
     assert int(optimizer.iterations) == 4
 
 
+def test_a_loop_is_traced_again_only_for_other_containers_shapes_or_dtypes():
+    # CompiledLoops calls the trace its `_signature` picks, bypassing tf.function's own
+    # matching: whatever tf.function would trace apart must get another signature.
+    signature = fastcustom.training.loop._signature
+    x, y = tf.zeros([4, 2]), tf.zeros([4, 1])
+    same = signature(((x, y, None), tf.constant(0), 3))
+    assert signature(((tf.ones([4, 2]), y, None), tf.constant(5), 3)) == same
+    for other in [((x, y, None), tf.constant(0), 4), ([x, y, None], tf.constant(0), 3),
+                  ((x, y, y), tf.constant(0), 3), ((tf.zeros([5, 2]), y, None), tf.constant(0), 3),
+                  ((tf.zeros([4, 2], tf.float64), y, None), tf.constant(0), 3),
+                  (({"a": x}, y, None), tf.constant(0), 3)]:
+        assert signature(other) != same
+    assert signature({"a": x}) != signature({"b": x})
+    assert signature({"a": x, "b": y}) == signature({"b": y, "a": x})
+
+
 class StringRoundTrip(keras.layers.Layer):
     """Identity, through string ops that XLA cannot compile."""
 
