@@ -1,9 +1,8 @@
 """The Huber loss as a function, a saveable closure and a `keras.losses.Loss`.
 
-    e = y_true - y_pred
-    h(e) = e^2 / 2                              if |e| <= threshold
-         = threshold |e| - threshold^2 / 2     otherwise
-    huber(y_true, y_pred) = mean(h(e), axis=-1)      (one value per sample)
+    huber(y_true, y_pred) = mean(h(y_true - y_pred), axis=-1)      (one value per sample)
+
+with h, the Huber function of the error, as `fastcustom.reference.huber` states it.
 """
 
 import keras

@@ -2,7 +2,8 @@
 each shared model and data set, and the one way tests run Python in a fresh interpreter.
 
 Test modules get them as fixtures (`regression_data`, `everything_model`, `small_regressor`,
-`run_python`, `mirrored_fit`), each a function to call; scripts that tests run in a
+`run_python`, `run_scripts`, `op_hash_script`, `require`, `mirrored_fit`), each a function
+to call or a value, and the `needs_ops` marker; scripts that tests run in a
 subprocess import the plain functions from here (`from conftest import make_regression_data`).
 """
 
@@ -10,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -59,6 +61,21 @@ def make_everything_model(seed=0, noise=0.05, n_features=8):
     return keras.Model(inputs, outputs)
 
 
+def _start(argv, python=sys.executable, cwd=HERE, env=None):
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}
+    environment = {name: value for name, value in environment.items() if value is not None}
+    return subprocess.Popen([str(python), *map(str, argv)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=cwd, env=environment)
+
+
+def _finish(process, timeout):
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        process.kill()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
 def python_process(*argv, python=sys.executable, cwd=HERE, env=None, timeout=600):
     """Run `python *argv` (a script and its arguments, or "-c", code, ...) in a fresh process
     that imports what this one imports (PYTHONPATH is this sys.path), from tests/ by default.
@@ -66,10 +83,73 @@ def python_process(*argv, python=sys.executable, cwd=HERE, env=None, timeout=600
     `env` adds to or, with None as a value, removes from this process's environment. Returns
     the finished `subprocess.CompletedProcess`, its output as text.
     """
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}
-    environment = {name: value for name, value in environment.items() if value is not None}
-    return subprocess.run([str(python), *map(str, argv)], capture_output=True, text=True,
-                          cwd=cwd, env=environment, timeout=timeout)
+    return _finish(_start(argv, python, cwd, env), timeout)
+
+
+def script_results(*runs, timeout=600):
+    """Each run (script, args, env) as `python -c script *args` in its own fresh process, all
+    at once, with the fused op allowed (FASTCUSTOM_DISABLE_OPS unset unless `env` sets it) and
+    TensorFlow quiet; each script's last output line, parsed as JSON. Fails on an error."""
+    processes = [_start(["-c", script, *args],
+                        env={"FASTCUSTOM_DISABLE_OPS": None, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
+                 for script, args, env in runs]
+    results = []
+    for process in processes:
+        done = _finish(process, timeout)
+        assert done.returncode == 0, done.stderr[-4000:]
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def missing(what):
+    """Skip the test for lack of `what` (a tool, headers), or fail it where
+    FASTCUSTOM_REQUIRE_NVCC=1 says the CUDA toolchain must be there (CI)."""
+    if os.environ.get("FASTCUSTOM_REQUIRE_NVCC") == "1":
+        pytest.fail(f"{what}, and FASTCUSTOM_REQUIRE_NVCC=1")
+    pytest.skip(what)
+
+
+# Digests of every fused op's outputs over shapes that span many parallel blocks (short
+# rows, rows of one chunk, long rows) for every dtype: `python -c OP_HASH_SCRIPT <threads>`.
+OP_HASH_SCRIPT = textwrap.dedent("""
+    import hashlib, json, sys
+    import numpy as np, tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+    from fastcustom.ops import library
+    ops, threshold = library.huber_ops(), tf.constant(1.0, tf.float64)
+    rng = np.random.default_rng(11)
+    data = rng.standard_normal((3, 4_200_000)) * 2
+    digests = {"threads": tf.config.threading.get_intra_op_parallelism_threads()}
+    for shape in [(262147, 16), (16411, 255), (4, 1000003)]:
+        size = int(np.prod(shape))
+        for dtype in ["float16", "bfloat16", "float32", "float64"]:
+            t, p = (tf.cast(data[i, :size].reshape(shape), dtype) for i in (0, 1))
+            rows = tf.cast(data[2, :shape[0]], dtype)
+            elements = tf.cast(tf.reshape(tf.abs(t), [-1]), dtype)
+            outputs = [ops.huber_per_sample(t, p, threshold),
+                       ops.huber_per_sample_grad(t, p, threshold, rows)]
+            for weights in [tf.zeros([0], dtype), rows, elements]:
+                outputs += ops.huber_weighted_total(t, p, threshold, weights)
+            digest = hashlib.sha256(b"".join(o.numpy().tobytes() for o in outputs))
+            digests[f"{shape}{dtype}"] = digest.hexdigest()
+    print(json.dumps(digests))
+""")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_ops: skipped where the fused op library is not "
+                                       "loaded (library.status() says why)")
+
+
+def pytest_collection_modifyitems(config, items):
+    marked = [item for item in items if item.get_closest_marker("needs_ops")]
+    if marked:
+        from fastcustom.ops import library
+        if library.huber_ops() is None:
+            skip = pytest.mark.skip(
+                reason=f"fused Huber ops unavailable: {library.status()['reason']}")
+            for item in marked:
+                item.add_marker(skip)
 
 
 def mirrored_fit_report(method):
@@ -112,6 +192,24 @@ def everything_model():
 def run_python():
     """`python_process(*argv, python=..., cwd=..., env=..., timeout=...)`."""
     return python_process
+
+
+@pytest.fixture(scope="session")
+def run_scripts():
+    """`script_results(*runs)`: (script, args, env) runs at once, their last lines as JSON."""
+    return script_results
+
+
+@pytest.fixture(scope="session")
+def op_hash_script():
+    """`OP_HASH_SCRIPT`: the digests of every fused op's outputs (argument: threads)."""
+    return OP_HASH_SCRIPT
+
+
+@pytest.fixture(scope="session")
+def require():
+    """`missing(what)`: skip for lack of `what`, or fail where FASTCUSTOM_REQUIRE_NVCC=1."""
+    return missing
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ runtime in statically with its symbols hidden. The library must then
   library (`undefined symbol: __cudaPushCallConfiguration`);
 * load in the installed TensorFlow and report its GPU kernels (`gpu: True`);
 * compute on the CPU exactly what the CPU-only build computes: the same bits for
-  every op and dtype (test_ops_huber's HASH_SCRIPT, run with each library);
+  every op and dtype (conftest's OP_HASH_SCRIPT, run with each library);
 * where TensorFlow sees a GPU but the GPU kernels cannot run there (here: no GPU
   behind the one the loader is told of, so TensorFlow runs the call on the CPU),
   warn once and report `gpu: False`, keeping its CPU kernels.
@@ -30,8 +30,6 @@ import sys
 import pytest
 
 from fastcustom.ops import library
-from test_cuda_core_emulated import _missing
-from test_ops_huber import HASH_SCRIPT, needs_ops, run_scripts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / ".ci"))
@@ -52,7 +50,7 @@ print(json.dumps(dict(status, warnings=[str(w.message) for w in caught])))
 
 
 @pytest.fixture(scope="module")
-def cuda_library(tmp_path_factory):
+def cuda_library(tmp_path_factory, require):
     """The op library built by `FASTCUSTOM_CUDA=1 python setup.py build_ext` into a temp folder."""
     build = tmp_path_factory.mktemp("cuda_build")
     result = subprocess.run([sys.executable, "setup.py", "build_ext", "-b", str(build / "lib"),
@@ -60,7 +58,7 @@ def cuda_library(tmp_path_factory):
                             capture_output=True, text=True, timeout=1200)
     log = result.stdout + result.stderr
     if "nvcc or the CUDA toolkit (CUDA_HOME) was not found" in log:  # setup.py's own lookup
-        _missing("no nvcc / CUDA toolkit for setup.py")
+        require("no nvcc / CUDA toolkit for setup.py")
     path = build / "lib" / "fastcustom" / "ops" / library.LIBRARY_NAME
     assert result.returncode == 0 and path.exists(), f"the CUDA build failed:\n{log[-6000:]}"
     assert "with CUDA kernels" in log, log[-6000:]
@@ -85,11 +83,11 @@ def test_carries_its_own_cuda_runtime(cuda_library):
     assert not [n for n in needed if "cudart" in n], needed
 
 
-@needs_ops
-def test_loads_and_computes_the_same_bits_on_the_cpu(cuda_library):
+@pytest.mark.needs_ops
+def test_loads_and_computes_the_same_bits_on_the_cpu(cuda_library, run_scripts, op_hash_script):
     env = {"FASTCUSTOM_OPS_LIBRARY": str(cuda_library)}
-    status, cuda_bits, cpu_bits = run_scripts((STATUS_SCRIPT, [], env), (HASH_SCRIPT, ["2"], env),
-                                              (HASH_SCRIPT, ["2"], {}))
+    status, cuda_bits, cpu_bits = run_scripts(
+        (STATUS_SCRIPT, [], env), (op_hash_script, ["2"], env), (op_hash_script, ["2"], {}))
     assert status["path"] == "fused-op", status["reason"]
     assert status["gpu"] is True and status["library"] == str(cuda_library)
     assert status["dtypes"] == ["bfloat16", "float16", "float32", "float64"]
@@ -97,8 +95,8 @@ def test_loads_and_computes_the_same_bits_on_the_cpu(cuda_library):
                                    f"({library.library_path()}; were both built with the same flags?)")
 
 
-@needs_ops
-def test_gpu_kernels_that_fail_their_first_call_are_not_used(cuda_library):
+@pytest.mark.needs_ops
+def test_gpu_kernels_that_fail_their_first_call_are_not_used(cuda_library, run_scripts):
     (status,) = run_scripts((FAKE_GPU_STATUS_SCRIPT, [], {"FASTCUSTOM_OPS_LIBRARY": str(cuda_library)}))
     assert status["path"] == "fused-op" and status["gpu"] is False, status
     assert "GPU kernels unusable" in status["reason"] and "not on GPU:0" in status["reason"]

@@ -2,8 +2,6 @@
 unless asked."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -17,14 +15,17 @@ import os; print("TF_XLA_FLAGS=" + os.environ.get("TF_XLA_FLAGS", ""))
 """
 
 
-def run_fit(env):
-    result = subprocess.run([sys.executable, "-c", FIT], capture_output=True, text=True,
-                            timeout=300, env={**os.environ, **env})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout.strip().splitlines()[-1]
+@pytest.fixture
+def run_fit(run_python):
+    """FIT in a fresh process with `env` added; its last line (TF_XLA_FLAGS=...)."""
+    def run(env):
+        result = run_python("-c", FIT, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout.strip().splitlines()[-1]
+    return run
 
 
-def test_a_fit_fills_the_cache_folder_and_it_is_off_unless_asked(tmp_path):
+def test_a_fit_fills_the_cache_folder_and_it_is_off_unless_asked(tmp_path, run_fit):
     folder = tmp_path / "xla"
     flags = run_fit({"FASTCUSTOM_XLA_CACHE": str(folder), "TF_XLA_FLAGS": ""})
     assert flags == f"TF_XLA_FLAGS=--tf_xla_persistent_cache_directory={folder}"
@@ -37,7 +38,7 @@ def test_a_fit_fills_the_cache_folder_and_it_is_off_unless_asked(tmp_path):
 
 
 @pytest.mark.parametrize("theirs", ["--tf_xla_persistent_cache_directory={}"])
-def test_the_users_own_cache_flag_is_kept(tmp_path, theirs):
+def test_the_users_own_cache_flag_is_kept(tmp_path, theirs, run_fit):
     flag = theirs.format(tmp_path / "mine")
     assert run_fit({"FASTCUSTOM_XLA_CACHE": str(tmp_path / "ours"), "TF_XLA_FLAGS": flag}) == \
         f"TF_XLA_FLAGS={flag}"

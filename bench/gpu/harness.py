@@ -108,23 +108,23 @@ DTYPES = {
 # ----------------------------------------------------------------------------
 
 
-def ref_per_sample(y_true, y_pred, delta):
+def ref_per_sample(y_true, y_pred, threshold):
     """[N, D] -> [N]: the mean of h over each row (0/0 = NaN when D == 0)."""
-    return reference.huber(y_true, y_pred, threshold=delta)
+    return reference.huber(y_true, y_pred, threshold=threshold)
 
 
-def ref_grad(y_true, y_pred, grad, delta):
-    """[N, D], [N] -> [N, D]: grad[r] / D * clip(y_pred - y_true, -delta, delta)."""
+def ref_grad(y_true, y_pred, grad, threshold):
+    """[N, D], [N] -> [N, D]: grad[r] / D * clip(y_pred - y_true, -threshold, threshold)."""
     with np.errstate(divide="ignore"):  # D == 0: an empty result
-        return reference.huber_grad_pred(y_true, y_pred, grad, threshold=delta)
+        return reference.huber_grad_pred(y_true, y_pred, grad, threshold=threshold)
 
 
 def broadcast_weights(weights, shape):
     """Weights of size 0 (none), N (per row) or N*D (per element) -> [N, D]."""
-    rows, cols = shape
+    rows, depth = shape
     w = np.asarray(weights, np.float64).reshape(-1)
-    if w.size == rows * cols:
-        return w.reshape(rows, cols)
+    if w.size == rows * depth:
+        return w.reshape(rows, depth)
     if w.size == 0:
         return np.ones(shape)
     if w.size == rows:
@@ -132,9 +132,9 @@ def broadcast_weights(weights, shape):
     raise ValueError(f"weights of size {w.size} for shape {shape}")
 
 
-def ref_weighted_total(y_true, y_pred, weights, delta):
+def ref_weighted_total(y_true, y_pred, weights, threshold):
     """(sum w * h, sum w) in float64, per-row weights counted D times."""
-    metric = reference.StreamingHuberMean(threshold=delta)
+    metric = reference.StreamingHuberMean(threshold=threshold)
     metric.update(y_true, y_pred, broadcast_weights(weights, np.shape(y_true)))
     return metric.total, metric.count
 
@@ -181,29 +181,29 @@ def compare(got, ref, rtol, atol):
 # ----------------------------------------------------------------------------
 
 
-def random_case(rng, dtype, rows, cols):
+def random_case(rng, dtype, rows, depth):
     """Stored inputs (encoded) and their exact float64 values.
 
-    y_true and y_pred are independent N(0, 1): with delta = 1 about half of
+    y_true and y_pred are independent N(0, 1): with threshold = 1 about half of
     the errors take each Huber branch. grad ~ N(0, 1); weights U(0.5, 1.5).
     """
-    shape = (rows, cols)
+    shape = (rows, depth)
     stored = {
         "y_true": dtype.encode(rng.standard_normal(shape)),
         "y_pred": dtype.encode(rng.standard_normal(shape)),
         "grad": dtype.encode(rng.standard_normal(rows)),
         "w_row": dtype.encode(rng.uniform(0.5, 1.5, rows)),
-        "w_elem": dtype.encode(rng.uniform(0.5, 1.5, rows * cols)),
+        "w_elem": dtype.encode(rng.uniform(0.5, 1.5, rows * depth)),
     }
     return stored, {k: dtype.decode(v) for k, v in stored.items()}
 
 
-def special_values_case(rng, dtype, rows, cols):
+def special_values_case(rng, dtype, rows, depth):
     """random_case with NaN and +-inf in rows 1 to 5 (rows >= 6)."""
-    stored, values = random_case(rng, dtype, rows, cols)
+    stored, values = random_case(rng, dtype, rows, depth)
     yt, yp = values["y_true"], values["y_pred"]
     yt[1, 0] = np.nan                       # row 1: NaN
-    yp[2, cols // 2] = np.inf               # row 2: +inf error
+    yp[2, depth // 2] = np.inf               # row 2: +inf error
     yt[3, -1] = -np.inf                     # row 3: -inf error
     yt[4, 1], yp[4, 1] = np.inf, np.inf     # row 4: inf - inf = NaN
     yp[5, :] = np.inf                       # row 5: all inf
@@ -211,7 +211,7 @@ def special_values_case(rng, dtype, rows, cols):
     return stored, {k: dtype.decode(v) for k, v in stored.items()}
 
 
-# Shapes (rows, cols) of the correctness checks, with the path each exercises.
+# Shapes (rows, depth) of the correctness checks, with the path each exercises.
 CHECK_SHAPES = [
     (1000, 1),        # one lane per row, scalar
     (1000, 3),        # one lane per row, rows not 16-byte aligned
@@ -230,9 +230,9 @@ CHECK_SHAPES = [
 ]
 QUICK_SHAPES = [(1000, 3), (4096, 16), (999, 17), (257, 1000), (100, 20000), (3, 1000003), (0, 16), (5, 0)]
 UNALIGNED_SHAPES = [(4096, 16), (999, 17), (100, 20000)]
-OTHER_DELTA_SHAPES = [(4096, 16), (999, 17)]
+OTHER_THRESHOLD_SHAPES = [(4096, 16), (999, 17)]
 SPECIAL_SHAPES = [(8, 16), (8, 19), (6, 5000), (6, 20000)]  # with NaN and inf
-DELTA = 1.0
+THRESHOLD = 1.0
 
 # ----------------------------------------------------------------------------
 # Device side: backends (CuPy or PyTorch) and the ctypes library.
@@ -392,24 +392,24 @@ class HuberLib:
             msg = self.lib.fastcustom_huber_error_string(code).decode()
             raise CudaError(f"{what}: CUDA error {code} ({msg})")
 
-    def per_sample_workspace_bytes(self, rows, cols):
-        return self.lib.fastcustom_huber_per_sample_workspace_bytes(rows, cols)
+    def per_sample_workspace_bytes(self, rows, depth):
+        return self.lib.fastcustom_huber_per_sample_workspace_bytes(rows, depth)
 
-    def weighted_total_workspace_bytes(self, rows, cols):
-        return self.lib.fastcustom_huber_weighted_total_workspace_bytes(rows, cols)
+    def weighted_total_workspace_bytes(self, rows, depth):
+        return self.lib.fastcustom_huber_weighted_total_workspace_bytes(rows, depth)
 
-    def per_sample(self, dtype, y_true, y_pred, rows, cols, delta, workspace, out, stream=0):
+    def per_sample(self, dtype, y_true, y_pred, rows, depth, threshold, workspace, out, stream=0):
         self._check(self.lib.fastcustom_huber_per_sample(
-            dtype.code, y_true, y_pred, rows, cols, delta, workspace, out, stream), "per_sample")
+            dtype.code, y_true, y_pred, rows, depth, threshold, workspace, out, stream), "per_sample")
 
-    def per_sample_grad(self, dtype, y_true, y_pred, grad, rows, cols, delta, grad_pred, stream=0):
+    def per_sample_grad(self, dtype, y_true, y_pred, grad, rows, depth, threshold, grad_pred, stream=0):
         self._check(self.lib.fastcustom_huber_per_sample_grad(
-            dtype.code, y_true, y_pred, grad, rows, cols, delta, grad_pred, stream), "per_sample_grad")
+            dtype.code, y_true, y_pred, grad, rows, depth, threshold, grad_pred, stream), "per_sample_grad")
 
-    def weighted_total(self, dtype, y_true, y_pred, weights, weights_size, rows, cols, delta,
+    def weighted_total(self, dtype, y_true, y_pred, weights, weights_size, rows, depth, threshold,
                        workspace, total, count, stream=0):
         self._check(self.lib.fastcustom_huber_weighted_total(
-            dtype.code, y_true, y_pred, weights, weights_size, rows, cols, delta, workspace,
+            dtype.code, y_true, y_pred, weights, weights_size, rows, depth, threshold, workspace,
             total, count, stream), "weighted_total")
 
     def copy(self, dst, src, nbytes, stream=0):
@@ -452,17 +452,17 @@ class Runner:
     not equally aligned either).
     """
 
-    def __init__(self, lib, backend, dtype, stored, rows, cols, offset=0, skew=False, delta=DELTA):
-        self.lib, self.be, self.dtype, self.delta = lib, backend, dtype, delta
-        self.rows, self.cols, self.offset = rows, cols, offset * dtype.itemsize
+    def __init__(self, lib, backend, dtype, stored, rows, depth, offset=0, skew=False, threshold=THRESHOLD):
+        self.lib, self.be, self.dtype, self.threshold = lib, backend, dtype, threshold
+        self.rows, self.depth, self.offset = rows, depth, offset * dtype.itemsize
         self.offsets = {k: self.offset + (dtype.itemsize if skew and k == "y_pred" else 0) for k in stored}
         self.bufs = {k: self._upload(v, self.offsets[k]) for k, v in stored.items()}
-        n = rows * cols
+        n = rows * depth
         self.out = backend.alloc(max(rows, 1) * dtype.itemsize + self.offset)
         self.grad_pred = backend.alloc(max(n, 1) * dtype.itemsize + self.offset)
         self.totals = backend.alloc(16)
-        self.ws_sample = backend.alloc(lib.per_sample_workspace_bytes(rows, cols))
-        self.ws_total = backend.alloc(lib.weighted_total_workspace_bytes(rows, cols))
+        self.ws_sample = backend.alloc(lib.per_sample_workspace_bytes(rows, depth))
+        self.ws_total = backend.alloc(lib.weighted_total_workspace_bytes(rows, depth))
 
     def _upload(self, host, offset):
         """Copies `host` to device memory starting `offset` bytes into a fresh buffer."""
@@ -475,25 +475,25 @@ class Runner:
 
     def per_sample(self):
         self.be.fill(self.out, POISON)
-        self.lib.per_sample(self.dtype, self.ptr("y_true"), self.ptr("y_pred"), self.rows, self.cols,
-                            self.delta, self.ws_sample.ptr, self.out.ptr + self.offset, self.be.stream())
+        self.lib.per_sample(self.dtype, self.ptr("y_true"), self.ptr("y_pred"), self.rows, self.depth,
+                            self.threshold, self.ws_sample.ptr, self.out.ptr + self.offset, self.be.stream())
         self.be.synchronize()
         return self.be.download(self.out, self.dtype.storage, self.rows, self.offset)
 
     def grad(self):
         self.be.fill(self.grad_pred, POISON)
         self.lib.per_sample_grad(self.dtype, self.ptr("y_true"), self.ptr("y_pred"), self.ptr("grad"),
-                                 self.rows, self.cols, self.delta, self.grad_pred.ptr + self.offset,
+                                 self.rows, self.depth, self.threshold, self.grad_pred.ptr + self.offset,
                                  self.be.stream())
         self.be.synchronize()
-        return self.be.download(self.grad_pred, self.dtype.storage, self.rows * self.cols, self.offset)
+        return self.be.download(self.grad_pred, self.dtype.storage, self.rows * self.depth, self.offset)
 
     def total(self, mode):
         weights, size = {"none": (0, 0), "row": (self.ptr("w_row"), self.rows),
-                         "elem": (self.ptr("w_elem"), self.rows * self.cols)}[mode]
+                         "elem": (self.ptr("w_elem"), self.rows * self.depth)}[mode]
         self.be.fill(self.totals, POISON)
         self.lib.weighted_total(self.dtype, self.ptr("y_true"), self.ptr("y_pred"), weights, size,
-                                self.rows, self.cols, self.delta, self.ws_total.ptr, self.totals.ptr,
+                                self.rows, self.depth, self.threshold, self.ws_total.ptr, self.totals.ptr,
                                 self.totals.ptr + 8, self.be.stream())
         self.be.synchronize()
         return self.be.download(self.totals, np.dtype(np.float64), 2)
@@ -503,14 +503,14 @@ def check_case(report, runner, dtype, values, label, repeats=3, aligned_totals=N
     """Runs every kernel `repeats` times on one uploaded case and checks each result.
 
     Returns the totals' bits per weight mode (for the alignment comparison)."""
-    yt, yp, delta = values["y_true"], values["y_pred"], runner.delta
+    yt, yp, threshold = values["y_true"], values["y_pred"], runner.threshold
     refs = {
-        "per_sample": (ref_per_sample(yt, yp, delta), dtype.out_rtol, dtype.atol, runner.per_sample),
-        "grad": (ref_grad(yt, yp, values["grad"], delta), dtype.out_rtol, dtype.atol, runner.grad),
+        "per_sample": (ref_per_sample(yt, yp, threshold), dtype.out_rtol, dtype.atol, runner.per_sample),
+        "grad": (ref_grad(yt, yp, values["grad"], threshold), dtype.out_rtol, dtype.atol, runner.grad),
     }
     for mode in WEIGHT_MODES:
         w = {"none": np.zeros(0), "row": values["w_row"], "elem": values["w_elem"]}[mode]
-        refs[f"total[{mode}]"] = (np.array(ref_weighted_total(yt, yp, w, delta)), dtype.rtol, 0.0,
+        refs[f"total[{mode}]"] = (np.array(ref_weighted_total(yt, yp, w, threshold)), dtype.rtol, 0.0,
                                   lambda m=mode: runner.total(m))
     totals_bits = {}
     for kernel, (ref, rtol, atol, run) in refs.items():
@@ -532,31 +532,31 @@ def check_case(report, runner, dtype, values, label, repeats=3, aligned_totals=N
 
 
 def run_checks(lib, backend, dtypes, shapes, seed, verbose=False, unaligned=UNALIGNED_SHAPES,
-               other_delta=OTHER_DELTA_SHAPES, special=SPECIAL_SHAPES):
+               other_threshold=OTHER_THRESHOLD_SHAPES, special=SPECIAL_SHAPES):
     """Every kernel on every shape and dtype; the shapes in `unaligned` also
-    one element off alignment, those in `other_delta` with delta 0.25 and 3,
+    one element off alignment, those in `other_threshold` with threshold 0.25 and 3,
     and `special` shapes with NaN and inf inputs."""
     rng = np.random.default_rng(seed)
     report = Report(verbose)
     for dtype in dtypes:
         t0 = time.time()
-        for rows, cols in shapes:
-            stored, values = random_case(rng, dtype, rows, cols)
-            runner = Runner(lib, backend, dtype, stored, rows, cols)
-            aligned = check_case(report, runner, dtype, values, f"[{rows},{cols}]")
-            if (rows, cols) in unaligned:
+        for rows, depth in shapes:
+            stored, values = random_case(rng, dtype, rows, depth)
+            runner = Runner(lib, backend, dtype, stored, rows, depth)
+            aligned = check_case(report, runner, dtype, values, f"[{rows},{depth}]")
+            if (rows, depth) in unaligned:
                 for skew in (False, True):
-                    runner = Runner(lib, backend, dtype, stored, rows, cols, offset=1, skew=skew)
-                    label = f"[{rows},{cols}] +1 element{' (y_pred +2)' if skew else ''}"
+                    runner = Runner(lib, backend, dtype, stored, rows, depth, offset=1, skew=skew)
+                    label = f"[{rows},{depth}] +1 element{' (y_pred +2)' if skew else ''}"
                     check_case(report, runner, dtype, values, label, repeats=2, aligned_totals=aligned)
-            if (rows, cols) in other_delta:
-                for delta in (0.25, 3.0):
-                    check_case(report, Runner(lib, backend, dtype, stored, rows, cols, delta=delta),
-                               dtype, values, f"[{rows},{cols}] delta={delta}", repeats=2)
-        for rows, cols in special:
-            stored, values = special_values_case(rng, dtype, rows, cols)
-            check_case(report, Runner(lib, backend, dtype, stored, rows, cols), dtype, values,
-                       f"[{rows},{cols}] NaN/inf", repeats=2)
+            if (rows, depth) in other_threshold:
+                for threshold in (0.25, 3.0):
+                    check_case(report, Runner(lib, backend, dtype, stored, rows, depth, threshold=threshold),
+                               dtype, values, f"[{rows},{depth}] threshold={threshold}", repeats=2)
+        for rows, depth in special:
+            stored, values = special_values_case(rng, dtype, rows, depth)
+            check_case(report, Runner(lib, backend, dtype, stored, rows, depth), dtype, values,
+                       f"[{rows},{depth}] NaN/inf", repeats=2)
         backend.release()
         print(f"  {dtype.name}: checks done in {time.time() - t0:.1f} s", flush=True)
     return report
@@ -572,9 +572,9 @@ COPY_BYTES = 1 << 30
 TARGET_PERCENT = 85.0  # of the copy, for per_sample and grad at BENCH_SHAPES[0]
 
 
-def bytes_moved(kernel, rows, cols, itemsize):
+def bytes_moved(kernel, rows, depth, itemsize):
     """Bytes a kernel must read plus write, each once."""
-    n = rows * cols
+    n = rows * depth
     inputs = 2 * n * itemsize
     return {
         "per_sample": inputs + rows * itemsize,
@@ -633,59 +633,59 @@ def run_bench(lib, backend, dtypes, shapes, reps, seed, sets=3, copy_bytes=COPY_
         out = backend.alloc(rows_max * dtype.itemsize)
         grad_pred = backend.alloc(nbytes)
         totals = backend.alloc(16)
-        for rows, cols in shapes:
-            ws_s = backend.alloc(lib.per_sample_workspace_bytes(rows, cols))
-            ws_t = backend.alloc(lib.weighted_total_workspace_bytes(rows, cols))
+        for rows, depth in shapes:
+            ws_s = backend.alloc(lib.per_sample_workspace_bytes(rows, depth))
+            ws_t = backend.alloc(lib.weighted_total_workspace_bytes(rows, depth))
             s = backend.stream()
             launches = {
-                "per_sample": lambda k: lib.per_sample(dtype, ins[k][0].ptr, ins[k][1].ptr, rows, cols,
-                                                       DELTA, ws_s.ptr, out.ptr, s),
+                "per_sample": lambda k: lib.per_sample(dtype, ins[k][0].ptr, ins[k][1].ptr, rows, depth,
+                                                       THRESHOLD, ws_s.ptr, out.ptr, s),
                 "grad": lambda k: lib.per_sample_grad(dtype, ins[k][0].ptr, ins[k][1].ptr, grad.ptr,
-                                                      rows, cols, DELTA, grad_pred.ptr, s),
+                                                      rows, depth, THRESHOLD, grad_pred.ptr, s),
                 "total": lambda k: lib.weighted_total(dtype, ins[k][0].ptr, ins[k][1].ptr, 0, 0, rows,
-                                                      cols, DELTA, ws_t.ptr, totals.ptr, totals.ptr + 8, s),
+                                                      depth, THRESHOLD, ws_t.ptr, totals.ptr, totals.ptr + 8, s),
                 "total[row]": lambda k: lib.weighted_total(dtype, ins[k][0].ptr, ins[k][1].ptr, w_row.ptr,
-                                                           rows, rows, cols, DELTA, ws_t.ptr, totals.ptr,
+                                                           rows, rows, depth, THRESHOLD, ws_t.ptr, totals.ptr,
                                                            totals.ptr + 8, s),
                 "total[elem]": lambda k: lib.weighted_total(dtype, ins[k][0].ptr, ins[k][1].ptr, w_elem.ptr,
-                                                            rows * cols, rows, cols, DELTA, ws_t.ptr,
+                                                            rows * depth, rows, depth, THRESHOLD, ws_t.ptr,
                                                             totals.ptr, totals.ptr + 8, s),
             }
             for kernel in BENCH_KERNELS:
                 ms = median_ms(backend, launches[kernel], reps, 3, sets)
-                gbs = bytes_moved(kernel, rows, cols, dtype.itemsize) / ms / 1e6
-                table.append((kernel, dtype.name, f"[{rows},{cols}]", ms, gbs, 100 * gbs / copy_gbs))
+                gbs = bytes_moved(kernel, rows, depth, dtype.itemsize) / ms / 1e6
+                table.append((kernel, dtype.name, f"[{rows},{depth}]", ms, gbs, 100 * gbs / copy_gbs))
         del ins, grad, w_row, w_elem, out, grad_pred, totals
         backend.release()
     return copy_gbs, table
 
 
-def check_at_scale(report, lib, backend, dtype, rows, cols, seed):
+def check_at_scale(report, lib, backend, dtype, rows, depth, seed):
     """At a benchmark shape: bit-identical repeats, and total == D * sum(per_sample)."""
     rng = np.random.default_rng(seed)
-    n = rows * cols
+    n = rows * depth
     yt, yp = backend.alloc(n * dtype.itemsize), backend.alloc(n * dtype.itemsize)
     fill_random(lib, backend, yt, n * dtype.itemsize, dtype, rng)
     fill_random(lib, backend, yp, n * dtype.itemsize, dtype, rng, chunk_elems=(1 << 22) - 3)
     out, totals = backend.alloc(rows * dtype.itemsize), backend.alloc(16)
-    ws_s = backend.alloc(lib.per_sample_workspace_bytes(rows, cols))
-    ws_t = backend.alloc(lib.weighted_total_workspace_bytes(rows, cols))
+    ws_s = backend.alloc(lib.per_sample_workspace_bytes(rows, depth))
+    ws_t = backend.alloc(lib.weighted_total_workspace_bytes(rows, depth))
     results = []
     for _ in range(3):
         backend.fill(out, POISON)
         backend.fill(totals, POISON)
-        lib.per_sample(dtype, yt.ptr, yp.ptr, rows, cols, DELTA, ws_s.ptr, out.ptr, backend.stream())
-        lib.weighted_total(dtype, yt.ptr, yp.ptr, 0, 0, rows, cols, DELTA, ws_t.ptr, totals.ptr,
+        lib.per_sample(dtype, yt.ptr, yp.ptr, rows, depth, THRESHOLD, ws_s.ptr, out.ptr, backend.stream())
+        lib.weighted_total(dtype, yt.ptr, yp.ptr, 0, 0, rows, depth, THRESHOLD, ws_t.ptr, totals.ptr,
                            totals.ptr + 8, backend.stream())
         backend.synchronize()
         results.append((backend.download(out, dtype.storage, rows),
                         backend.download(totals, np.dtype(np.float64), 2)))
-    name = f"scale {dtype.name} [{rows},{cols}]"
+    name = f"scale {dtype.name} [{rows},{depth}]"
     same = all(a.tobytes() == results[0][0].tobytes() and b.tobytes() == results[0][1].tobytes()
                for a, b in results[1:])
     report.add(name + " repeats bit-identical", same, 0.0, "results differ between runs")
     per_sample, (total, count) = dtype.decode(results[0][0]), results[0][1]
-    want_total = float(np.sum(per_sample, dtype=np.float64)) * cols
+    want_total = float(np.sum(per_sample, dtype=np.float64)) * depth
     ok, worst, detail = compare([total, count], [want_total, float(n)], max(dtype.rtol, 1e-7), 0.0)
     report.add(name + " total == D * sum(per_sample)", ok, worst, detail)
     del yt, yp
@@ -732,11 +732,11 @@ def benchmark_json(device_name, copy_gbs, table, reps, copy_bytes=COPY_BYTES):
     per row, device `device_name`, and the copy as that device's memory-bandwidth ceiling."""
     rows = []
     for kernel, dtype, shape, ms, _, _ in table:
-        n_rows, cols = json.loads(shape)
+        n_rows, depth = json.loads(shape)
         report_kernel, suffix = REPORT_NAMES[kernel]
         info = case_info(report_kernel, "large", shape, f"CUDA core {dtype}{suffix}", device_name,
-                         work=bytes_moved(kernel, n_rows, cols, DTYPES[dtype].itemsize), unit="B",
-                         elements=n_rows * cols)
+                         work=bytes_moved(kernel, n_rows, depth, DTYPES[dtype].itemsize), unit="B",
+                         elements=n_rows * depth)
         rows.append((info, ms / 1e3, reps))
     copy = ceiling_info("B", "cudaMemcpyAsync device-to-device copy", device_name,
                         work=2 * copy_bytes, shape=f"[{copy_bytes} bytes]")
