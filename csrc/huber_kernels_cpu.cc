@@ -1,4 +1,5 @@
-// CPU kernels of the fused Huber ops, on TensorFlow's intra-op thread pool.
+// The OpKernels of the fused Huber ops (one per op, templated on the device; GPU ones
+// in GOOGLE_CUDA builds) and their CPU work, on TensorFlow's intra-op thread pool.
 //
 //   h and dh/dy_pred as stated in huber_math.h (t = threshold)
 //   loss[r] = (1/D) sum_j h[r, j]
@@ -48,7 +49,6 @@ namespace {
 
 using ::tensorflow::DEVICE_CPU;
 using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
 
@@ -438,84 +438,6 @@ void GradChunk(const Acc<T>* t, const Acc<T>* p, const T* g, int64_t e0, int64_t
   }
 }
 
-// ----------------------------------------------------------------------------
-// The kernels
-// ----------------------------------------------------------------------------
-template <typename T>
-class HuberPerSampleOp : public OpKernel {
- public:
-  explicit HuberPerSampleOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
-
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& y_true = ctx->input(0);
-    const Tensor& y_pred = ctx->input(1);
-    RowLayout layout;
-    Tensor* loss = nullptr;
-    OP_REQUIRES_OK(ctx, StartPerSample(ctx, &layout, &loss));
-    const int64_t rows = layout.rows, depth = layout.depth;
-    T* out = loss->flat<T>().data();
-    if (depth == 0) {  // a mean over nothing: 0/0
-      std::fill(out, out + rows, static_cast<T>(std::numeric_limits<float>::quiet_NaN()));
-      return;
-    }
-    const T* t = y_true.flat<T>().data();
-    const T* p = y_pred.flat<T>().data();
-    const double threshold64 = Threshold(ctx);
-    const auto threshold = static_cast<Acc<T>>(threshold64);
-    const double d = static_cast<double>(depth);
-    if (depth > kChunk) {
-      const std::vector<double> sums = LongRowSums(ctx, t, p, rows, depth, threshold, threshold64);
-      for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<T>(sums[r] / d);
-      return;
-    }
-    const int64_t rows_per_block = std::max<int64_t>(1, kBlock / depth);
-    ForEachBlock(ctx, CeilDiv(rows, rows_per_block), rows_per_block * depth, [&](int64_t b) {
-      const int64_t r0 = b * rows_per_block, r1 = std::min(rows, r0 + rows_per_block);
-      ShortRowSums(t, p, r0, r1, depth, threshold, threshold64,
-                   [out, d](int64_t r, int64_t n, const auto* sums) {
-                     for (int64_t i = 0; i < n; ++i) {
-                       out[r + i] = static_cast<T>(static_cast<double>(sums[i]) / d);
-                     }
-                   });
-    });
-  }
-};
-
-template <typename T>
-class HuberPerSampleGradOp : public OpKernel {
- public:
-  explicit HuberPerSampleGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
-
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& y_true = ctx->input(0);
-    const Tensor& y_pred = ctx->input(1);
-    const Tensor& grad = ctx->input(3);
-    RowLayout layout;
-    Tensor* grad_pred = nullptr;
-    OP_REQUIRES_OK(ctx, StartPerSampleGrad(ctx, &layout, &grad_pred));
-    const int64_t depth = layout.depth, size = layout.rows * depth;
-    if (size == 0) return;
-    const T* t = y_true.flat<T>().data();
-    const T* p = y_pred.flat<T>().data();
-    const T* g = grad.flat<T>().data();
-    T* out = grad_pred->flat<T>().data();
-    const auto threshold = static_cast<Acc<T>>(Threshold(ctx));
-    ForEachBlock(ctx, CeilDiv(size, kBlock), kBlock, [&](int64_t b) {
-      Tile<T> tile;
-      const int64_t block_end = std::min(size, (b + 1) * kBlock);
-      for (int64_t e0 = b * kBlock; e0 < block_end; e0 += kChunk) {
-        const int64_t n = std::min(kChunk, block_end - e0);
-        const Acc<T>* tt = Widen(t + e0, n, tile.y_true);
-        const Acc<T>* pp = Widen(p + e0, n, tile.y_pred);
-        Acc<T>* res = tile.other;
-        if constexpr (std::is_same_v<T, Acc<T>>) res = out + e0;
-        GradChunk(tt, pp, g, e0, n, depth, threshold, res);
-        if constexpr (!std::is_same_v<T, Acc<T>>) Narrow(res, n, out + e0);
-      }
-    });
-  }
-};
-
 // Partial sums (total, count) of parallel blocks, added in block order.
 using Partials = std::vector<std::pair<double, double>>;
 
@@ -598,51 +520,188 @@ std::pair<double, double> PerRowTotals(OpKernelContext* ctx, const T* t, const T
   return {total, count * static_cast<double>(depth)};
 }
 
-template <typename T>
-class HuberWeightedTotalOp : public OpKernel {
- public:
-  explicit HuberWeightedTotalOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& y_true = ctx->input(0);
-    const Tensor& y_pred = ctx->input(1);
-    const Tensor& weights = ctx->input(3);
-    RowLayout layout;
-    WeightMode mode = WeightMode::kNone;
-    Tensor* total_out = nullptr;
-    Tensor* count_out = nullptr;
-    OP_REQUIRES_OK(ctx, StartWeightedTotal(ctx, &layout, &mode, &total_out, &count_out));
-    const T* t = y_true.flat<T>().data();
-    const T* p = y_pred.flat<T>().data();
-    const T* w = weights.flat<T>().data();
-    const double threshold64 = Threshold(ctx);
+// ----------------------------------------------------------------------------
+// The CPU functors (huber_kernels.h)
+// ----------------------------------------------------------------------------
+}  // namespace
+
+namespace functor {
+
+template <typename T>
+struct HuberPerSample<CPUDevice, T> {
+  absl::Status operator()(OpKernelContext* ctx, const RowLayout& in, const T* t, const T* p,
+                          double threshold64, T* out) const {
+    const int64_t rows = in.rows, depth = in.depth;
+    if (depth == 0) {  // a mean over nothing: 0/0
+      std::fill(out, out + rows, static_cast<T>(std::numeric_limits<float>::quiet_NaN()));
+      return absl::OkStatus();
+    }
     const auto threshold = static_cast<Acc<T>>(threshold64);
-    const auto [total, count] =
-        mode == WeightMode::kPerRow
-            ? PerRowTotals(ctx, t, p, w, layout.rows, layout.depth, threshold, threshold64)
-            : FlatTotals(ctx, t, p, mode == WeightMode::kPerElement ? w : nullptr,
-                         layout.rows * layout.depth, threshold, threshold64);
-    total_out->scalar<double>()() = total;
-    count_out->scalar<double>()() = count;
+    const double d = static_cast<double>(depth);
+    if (depth > kChunk) {
+      const std::vector<double> sums = LongRowSums(ctx, t, p, rows, depth, threshold, threshold64);
+      for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<T>(sums[r] / d);
+      return absl::OkStatus();
+    }
+    const int64_t rows_per_block = std::max<int64_t>(1, kBlock / depth);
+    ForEachBlock(ctx, CeilDiv(rows, rows_per_block), rows_per_block * depth, [&](int64_t b) {
+      const int64_t r0 = b * rows_per_block, r1 = std::min(rows, r0 + rows_per_block);
+      ShortRowSums(t, p, r0, r1, depth, threshold, threshold64,
+                   [out, d](int64_t r, int64_t n, const auto* sums) {
+                     for (int64_t i = 0; i < n; ++i) {
+                       out[r + i] = static_cast<T>(static_cast<double>(sums[i]) / d);
+                     }
+                   });
+    });
+    return absl::OkStatus();
   }
 };
 
-// The mean over every element and its gradient, one pass: the chunks and their order
-// are HuberWeightedTotal's (no weights), so mean = total / count to the bit.
 template <typename T>
-class HuberMeanWithGradOp : public OpKernel {
- public:
-  explicit HuberMeanWithGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+struct HuberPerSampleGrad<CPUDevice, T> {
+  absl::Status operator()(OpKernelContext* ctx, const RowLayout& in, const T* t, const T* p,
+                          const T* g, double threshold64, T* out) const {
+    const int64_t depth = in.depth, size = in.rows * depth;
+    const auto threshold = static_cast<Acc<T>>(threshold64);
+    ForEachBlock(ctx, CeilDiv(size, kBlock), kBlock, [&](int64_t b) {
+      Tile<T> tile;
+      const int64_t block_end = std::min(size, (b + 1) * kBlock);
+      for (int64_t e0 = b * kBlock; e0 < block_end; e0 += kChunk) {
+        const int64_t n = std::min(kChunk, block_end - e0);
+        const Acc<T>* tt = Widen(t + e0, n, tile.y_true);
+        const Acc<T>* pp = Widen(p + e0, n, tile.y_pred);
+        Acc<T>* res = tile.other;
+        if constexpr (std::is_same_v<T, Acc<T>>) res = out + e0;
+        GradChunk(tt, pp, g, e0, n, depth, threshold, res);
+        if constexpr (!std::is_same_v<T, Acc<T>>) Narrow(res, n, out + e0);
+      }
+    });
+    return absl::OkStatus();
+  }
+};
 
-  void Compute(OpKernelContext* ctx) override {
+template <typename T>
+struct HuberWeightedTotal<CPUDevice, T> {
+  absl::Status operator()(OpKernelContext* ctx, const RowLayout& in, WeightMode mode, const T* t,
+                          const T* p, const T* w, double threshold64, double* total,
+                          double* count) const {
+    const auto threshold = static_cast<Acc<T>>(threshold64);
+    std::tie(*total, *count) =
+        mode == WeightMode::kPerRow
+            ? PerRowTotals(ctx, t, p, w, in.rows, in.depth, threshold, threshold64)
+            : FlatTotals(ctx, t, p, w, in.rows * in.depth, threshold, threshold64);
+    return absl::OkStatus();
+  }
+};
+
+}  // namespace functor
+
+namespace {
+
+// ----------------------------------------------------------------------------
+// The kernels: the inputs checked, the outputs allocated, then the work (for
+// the first three ops, one OpKernel per device: its functor).
+// ----------------------------------------------------------------------------
+using ::tensorflow::TensorShape;
+using ::tensorflow::errors::InvalidArgument;
+
+double Threshold(OpKernelContext* ctx) { return ctx->input(2).scalar<double>()(); }
+
+template <typename T>
+const T* Input(OpKernelContext* ctx, int index) {
+  return ctx->input(index).flat<T>().data();
+}
+
+// Every op's OpKernel: y_true and y_pred (inputs 0, 1) of one shape of rank >= 1 and
+// threshold (2) a scalar, seen as the RowLayout `in`; then ComputeRows.
+struct HuberKernel : OpKernel {
+  using OpKernel::OpKernel;
+  virtual void ComputeRows(OpKernelContext* ctx, const RowLayout& in) = 0;
+  void Compute(OpKernelContext* ctx) final {
+    const TensorShape& shape = ctx->input(1).shape();
+    OP_REQUIRES(ctx, ctx->input(0).shape() == shape && shape.dims() >= 1,
+                InvalidArgument(
+                    "y_true and y_pred must have the same shape of rank >= 1, got y_true shape ",
+                    ctx->input(0).shape().DebugString(), " and y_pred shape ", shape.DebugString()));
+    OP_REQUIRES(ctx, ctx->input(2).dims() == 0,
+                InvalidArgument("threshold must be a scalar, got shape ",
+                                ctx->input(2).shape().DebugString()));
+    RowLayout in;
+    in.depth = shape.dim_size(shape.dims() - 1);
+    in.row_shape = shape;
+    in.row_shape.RemoveLastDims(1);
+    in.rows = in.row_shape.num_elements();
+    ComputeRows(ctx, in);
+  }
+};
+
+template <typename Device, typename T>
+struct HuberPerSampleOp : HuberKernel {
+  using HuberKernel::HuberKernel;
+  void ComputeRows(OpKernelContext* ctx, const RowLayout& in) override {
+    Tensor* loss = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, in.row_shape, &loss));
+    if (in.rows == 0) return;
+    OP_REQUIRES_OK(ctx, functor::HuberPerSample<Device, T>()(ctx, in, Input<T>(ctx, 0),
+                                                             Input<T>(ctx, 1), Threshold(ctx),
+                                                             loss->flat<T>().data()));
+  }
+};
+
+template <typename Device, typename T>
+struct HuberPerSampleGradOp : HuberKernel {
+  using HuberKernel::HuberKernel;
+  void ComputeRows(OpKernelContext* ctx, const RowLayout& in) override {
+    const Tensor& grad = ctx->input(3);
+    OP_REQUIRES(ctx, grad.shape() == in.row_shape,
+                InvalidArgument("grad must have shape y_pred.shape[:-1] = ",
+                                in.row_shape.DebugString(), ", got ", grad.shape().DebugString()));
+    Tensor* grad_pred = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(1).shape(), &grad_pred));
+    if (in.rows * in.depth == 0) return;
+    OP_REQUIRES_OK(ctx, functor::HuberPerSampleGrad<Device, T>()(
+                            ctx, in, Input<T>(ctx, 0), Input<T>(ctx, 1), Input<T>(ctx, 3),
+                            Threshold(ctx), grad_pred->flat<T>().data()));
+  }
+};
+
+template <typename Device, typename T>
+struct HuberWeightedTotalOp : HuberKernel {
+  using HuberKernel::HuberKernel;
+  void ComputeRows(OpKernelContext* ctx, const RowLayout& in) override {
+    const Tensor& weights = ctx->input(3);
+    WeightMode mode = WeightMode::kNone;
+    OP_REQUIRES(ctx, weights.dims() == 1 &&
+                         GetWeightMode(weights.NumElements(), in.rows, in.depth, &mode),
+                InvalidArgument("weights must be 1-D with 0, N = ", in.rows, " or N*D = ",
+                                in.rows * in.depth, " entries, got shape ",
+                                weights.shape().DebugString()));
+    Tensor* total = nullptr;
+    Tensor* count = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &total));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &count));
+    OP_REQUIRES_OK(ctx, functor::HuberWeightedTotal<Device, T>()(
+                            ctx, in, mode, Input<T>(ctx, 0), Input<T>(ctx, 1),
+                            mode == WeightMode::kNone ? nullptr : Input<T>(ctx, 3), Threshold(ctx),
+                            total->scalar<double>().data(), count->scalar<double>().data()));
+  }
+};
+
+// The mean over every element and its gradient, one pass (CPU only, as HuberMeanGrad): the
+// chunks and their order are HuberWeightedTotal's (no weights), so mean = total / count to the bit.
+template <typename Device, typename T>
+struct HuberMeanWithGradOp : HuberKernel {
+  using HuberKernel::HuberKernel;
+  void ComputeRows(OpKernelContext* ctx, const RowLayout& in) override {
     static_assert(std::is_same_v<T, Acc<T>>, "float and double only: no widening");
-    RowLayout layout;
     Tensor* mean = nullptr;
     Tensor* grad_pred = nullptr;
-    OP_REQUIRES_OK(ctx, StartMeanWithGrad(ctx, &layout, &mean, &grad_pred));
-    const int64_t size = layout.rows * layout.depth;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &mean));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, ctx->input(1).shape(), &grad_pred));
+    const int64_t size = in.rows * in.depth;
     if (size == 0) {  // Keras's divide_no_nan over no sample; per-sample means of nothing: NaN
-      mean->scalar<T>()() = layout.rows == 0 ? T(0) : std::numeric_limits<T>::quiet_NaN();
+      mean->scalar<T>()() = in.rows == 0 ? T(0) : std::numeric_limits<T>::quiet_NaN();
       return;
     }
     const T* t = ctx->input(0).flat<T>().data();
@@ -669,13 +728,14 @@ class HuberMeanWithGradOp : public OpKernel {
 
 // grad * stored; `stored` itself (no copy, no pass) when grad is 1, as it is for a loss
 // that is differentiated directly.
-template <typename T>
-class HuberMeanGradOp : public OpKernel {
- public:
-  explicit HuberMeanGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
-
-  void Compute(OpKernelContext* ctx) override {
-    OP_REQUIRES_OK(ctx, CheckMeanGrad(ctx));
+template <typename Device, typename T>
+struct HuberMeanGradOp : HuberKernel {
+  using HuberKernel::HuberKernel;
+  void ComputeRows(OpKernelContext* ctx, const RowLayout& in) override {
+    OP_REQUIRES(ctx, ctx->input(3).shape() == ctx->input(1).shape() && ctx->input(4).dims() == 0,
+                InvalidArgument("stored must have y_pred's shape ", ctx->input(1).shape().DebugString(),
+                                " and grad must be a scalar, got ", ctx->input(3).shape().DebugString(),
+                                " and ", ctx->input(4).shape().DebugString()));
     const Tensor& stored = ctx->input(3);
     const T grad = ctx->input(4).scalar<T>()();
     if (grad == T(1)) {
@@ -684,40 +744,39 @@ class HuberMeanGradOp : public OpKernel {
     }
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({3}, 0, stored.shape(), &out));
-    out->flat<T>().device(ctx->eigen_device<Eigen::ThreadPoolDevice>()) = stored.flat<T>() * grad;
+    out->flat<T>().device(ctx->eigen_device<Device>()) = stored.flat<T>() * grad;
   }
 };
 
-#define FASTCUSTOM_REGISTER_MEAN_CPU(T)                                                    \
-  REGISTER_KERNEL_BUILDER(                                                                 \
-      Name("FastCustom>HuberMeanWithGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),      \
-      HuberMeanWithGradOp<T>);                                                             \
-  REGISTER_KERNEL_BUILDER(                                                                 \
-      Name("FastCustom>HuberMeanGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),          \
-      HuberMeanGradOp<T>);
+// Registrations: every op on the CPU; the first three also on the GPU (GOOGLE_CUDA).
+#define FASTCUSTOM_REGISTER(OP, DEVICE, DeviceType, T)                                       \
+  REGISTER_KERNEL_BUILDER(                                                                  \
+      Name("FastCustom>" #OP).Device(DEVICE).HostMemory("threshold").TypeConstraint<T>("T"), \
+      OP##Op<DeviceType, T>);
+#define FASTCUSTOM_REGISTER_ON(DEVICE, DeviceType, T)            \
+  FASTCUSTOM_REGISTER(HuberPerSample, DEVICE, DeviceType, T)     \
+  FASTCUSTOM_REGISTER(HuberPerSampleGrad, DEVICE, DeviceType, T) \
+  FASTCUSTOM_REGISTER(HuberWeightedTotal, DEVICE, DeviceType, T)
+#if GOOGLE_CUDA
+#define FASTCUSTOM_REGISTER_TYPE(T)                  \
+  FASTCUSTOM_REGISTER_ON(DEVICE_CPU, CPUDevice, T) \
+  FASTCUSTOM_REGISTER_ON(::tensorflow::DEVICE_GPU, GPUDevice, T)
+#else
+#define FASTCUSTOM_REGISTER_TYPE(T) FASTCUSTOM_REGISTER_ON(DEVICE_CPU, CPUDevice, T)
+#endif
 
-FASTCUSTOM_REGISTER_MEAN_CPU(float);
-FASTCUSTOM_REGISTER_MEAN_CPU(double);
+FASTCUSTOM_REGISTER_TYPE(Eigen::half)
+FASTCUSTOM_REGISTER_TYPE(Eigen::bfloat16)
+FASTCUSTOM_REGISTER_TYPE(float)
+FASTCUSTOM_REGISTER_TYPE(double)
+FASTCUSTOM_REGISTER(HuberMeanWithGrad, DEVICE_CPU, CPUDevice, float)
+FASTCUSTOM_REGISTER(HuberMeanWithGrad, DEVICE_CPU, CPUDevice, double)
+FASTCUSTOM_REGISTER(HuberMeanGrad, DEVICE_CPU, CPUDevice, float)
+FASTCUSTOM_REGISTER(HuberMeanGrad, DEVICE_CPU, CPUDevice, double)
 
-#undef FASTCUSTOM_REGISTER_MEAN_CPU
-
-#define FASTCUSTOM_REGISTER_CPU(T)                                                         \
-  REGISTER_KERNEL_BUILDER(                                                                 \
-      Name("FastCustom>HuberPerSample").Device(DEVICE_CPU).TypeConstraint<T>("T"),         \
-      HuberPerSampleOp<T>);                                                                \
-  REGISTER_KERNEL_BUILDER(                                                                 \
-      Name("FastCustom>HuberPerSampleGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),     \
-      HuberPerSampleGradOp<T>);                                                            \
-  REGISTER_KERNEL_BUILDER(                                                                 \
-      Name("FastCustom>HuberWeightedTotal").Device(DEVICE_CPU).TypeConstraint<T>("T"),     \
-      HuberWeightedTotalOp<T>);
-
-FASTCUSTOM_REGISTER_CPU(Eigen::half);
-FASTCUSTOM_REGISTER_CPU(Eigen::bfloat16);
-FASTCUSTOM_REGISTER_CPU(float);
-FASTCUSTOM_REGISTER_CPU(double);
-
-#undef FASTCUSTOM_REGISTER_CPU
+#undef FASTCUSTOM_REGISTER_TYPE
+#undef FASTCUSTOM_REGISTER_ON
+#undef FASTCUSTOM_REGISTER
 
 }  // namespace
 }  // namespace fastcustom

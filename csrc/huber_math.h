@@ -20,8 +20,13 @@
 // double for double. NaN propagates: |e| < t is false for NaN, so q = t and
 // h = t (NaN - t/2) = NaN; the clamp keeps NaN too (it never compares it into
 // a bound).
+//
+// Also the weights' modes of HuberWeightedTotal, shared by the TF kernels and
+// the CUDA core (which includes this header without TensorFlow).
 #ifndef FASTCUSTOM_HUBER_MATH_H_
 #define FASTCUSTOM_HUBER_MATH_H_
+
+#include <cstdint>
 
 #if defined(__CUDACC__)
 #define FASTCUSTOM_HOST_DEVICE __host__ __device__ __forceinline__
@@ -44,6 +49,18 @@ template <typename Acc>
 FASTCUSTOM_HOST_DEVICE Acc HuberGradPred(Acc y_true, Acc y_pred, Acc threshold) {
   const Acc e = y_pred - y_true;
   return e > threshold ? threshold : (e < -threshold ? -threshold : e);
+}
+
+// How HuberWeightedTotal's weights of `size` entries apply to N = rows rows of
+// D = depth: N*D entries one per element (checked first: also N when D == 1), N
+// one per row, 0 none (every weight 1); false for any other count.
+enum class WeightMode { kNone, kPerRow, kPerElement };
+
+inline bool GetWeightMode(int64_t size, int64_t rows, int64_t depth, WeightMode* mode) {
+  *mode = size == rows * depth ? WeightMode::kPerElement
+          : size == rows       ? WeightMode::kPerRow
+                               : WeightMode::kNone;
+  return size == rows * depth || size == rows || size == 0;
 }
 
 }  // namespace fastcustom

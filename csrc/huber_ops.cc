@@ -1,5 +1,5 @@
 // Registration (signatures and shape functions) of the fused Huber ops; the
-// kernels live in huber_kernels_cpu.cc and huber_kernels_gpu.cu.cc.
+// kernels live in huber_kernels_cpu.cc (GPU functors: huber_kernels_gpu.cu.cc).
 //
 // y_true, y_pred: [..., D], seen as N rows x D;  e = y_true - y_pred;  h and its
 // derivative as stated in huber_math.h (t = threshold).

@@ -478,10 +478,8 @@ __global__ void __launch_bounds__(kBlock)
 // ---------------------------------------------------------------------------
 // HuberWeightedTotal
 // ---------------------------------------------------------------------------
-enum WeightMode { kNoWeights, kRowWeights, kElementWeights };
-
 // Adds one chunk's (sum w*h, sum w), each first summed in Acc, to the doubles.
-template <typename T, int kMode>
+template <typename T, WeightMode kMode>
 __device__ __forceinline__ void AddChunk(const typename Elem<T>::Acc (&t)[Elem<T>::kVec],
                                          const typename Elem<T>::Acc (&p)[Elem<T>::kVec],
                                          const typename Elem<T>::Acc (&w)[Elem<T>::kVec], int valid,
@@ -492,7 +490,7 @@ __device__ __forceinline__ void AddChunk(const typename Elem<T>::Acc (&t)[Elem<T
   for (int k = 0; k < Elem<T>::kVec; ++k) {
     if (k < valid) {
       const Acc h = HuberValue<Acc>(t[k], p[k], threshold);
-      if (kMode == kNoWeights) {
+      if (kMode == WeightMode::kNone) {
         weighted += h;
         weight += Acc(1);
       } else {
@@ -506,7 +504,7 @@ __device__ __forceinline__ void AddChunk(const typename Elem<T>::Acc (&t)[Elem<T
 }
 
 // Stage 1: block b sums tiles b, b + gridDim.x, ... into partials[2b], [2b+1].
-template <typename T, int kMode, bool kVectorized>
+template <typename T, WeightMode kMode, bool kVectorized>
 __global__ void __launch_bounds__(kBlock)
     WeightedTotalPartialsKernel(const T* __restrict__ y_true, const T* __restrict__ y_pred,
                                 const T* __restrict__ weights, int64_t n, Divisor depth,
@@ -527,7 +525,7 @@ __global__ void __launch_bounds__(kBlock)
         const int64_t i = tile + (int64_t{u} * kBlock + threadIdx.x) * V;
         rt[u] = LoadRaw16(y_true + i);
         rp[u] = LoadRaw16(y_pred + i);
-        if (kMode == kElementWeights) rw[u] = LoadRaw16(weights + i);
+        if (kMode == WeightMode::kPerElement) rw[u] = LoadRaw16(weights + i);
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
@@ -537,9 +535,9 @@ __global__ void __launch_bounds__(kBlock)
         for (int k = 0; k < V; ++k) {
           t[k] = E::Get(rt[u], k);
           p[k] = E::Get(rp[u], k);
-          w[k] = kMode == kElementWeights ? E::Get(rw[u], k) : Acc(1);
+          w[k] = kMode == WeightMode::kPerElement ? E::Get(rw[u], k) : Acc(1);
         }
-        if (kMode == kRowWeights) PerRowValues<T, false>(weights, i, V, depth, w);
+        if (kMode == WeightMode::kPerRow) PerRowValues<T, false>(weights, i, V, depth, w);
         AddChunk<T, kMode>(t, p, w, V, d, &total, &count);
       }
     } else {  // the same chunks, element by element, bounds-checked
@@ -553,9 +551,9 @@ __global__ void __launch_bounds__(kBlock)
           const bool in = k < valid;
           t[k] = in ? E::Load(y_true + i + k) : Acc(0);
           p[k] = in ? E::Load(y_pred + i + k) : Acc(0);
-          w[k] = (in && kMode == kElementWeights) ? E::Load(weights + i + k) : Acc(1);
+          w[k] = (in && kMode == WeightMode::kPerElement) ? E::Load(weights + i + k) : Acc(1);
         }
-        if (kMode == kRowWeights) PerRowValues<T, false>(weights, i, valid, depth, w);
+        if (kMode == WeightMode::kPerRow) PerRowValues<T, false>(weights, i, valid, depth, w);
         AddChunk<T, kMode>(t, p, w, valid, d, &total, &count);
       }
     }
@@ -748,11 +746,11 @@ size_t HuberWeightedTotalWorkspaceBytes(int64_t rows, int64_t depth) {
 
 namespace {
 
-template <typename T, int kMode>
+template <typename T, WeightMode kMode>
 void LaunchTotalPartials(const T* y_true, const T* y_pred, const T* weights, int64_t n, int64_t depth,
                          double threshold, unsigned grid, double* partials, cudaStream_t stream) {
   const bool vectorized = Aligned16(y_true) && Aligned16(y_pred) &&
-                          (kMode != kElementWeights || Aligned16(weights));
+                          (kMode != WeightMode::kPerElement || Aligned16(weights));
   if (vectorized) {
     Launch(WeightedTotalPartialsKernel<T, kMode, true>, grid, kBlock, stream, y_true, y_pred, weights,
            n, Divisor::Of(depth), threshold, partials);
@@ -770,7 +768,8 @@ cudaError_t HuberWeightedTotal(const T* y_true, const T* y_pred, const T* weight
                                void* workspace, double* total, double* count, cudaStream_t stream) {
   if (rows < 0 || depth < 0 || total == nullptr || count == nullptr) return cudaErrorInvalidValue;
   const int64_t n = rows * depth;
-  if (weights_size != 0 && weights_size != rows && weights_size != n) return cudaErrorInvalidValue;
+  WeightMode mode;
+  if (!GetWeightMode(weights_size, rows, depth, &mode)) return cudaErrorInvalidValue;
   double* partials = static_cast<double*>(workspace);
   int64_t num_partials = 0;
   if (n > 0) {
@@ -783,12 +782,12 @@ cudaError_t HuberWeightedTotal(const T* y_true, const T* y_pred, const T* weight
     const int64_t tile = int64_t{kBlock} * kUnroll * Elem<T>::kVec;
     num_partials = std::min(CeilDiv(n, tile), kMaxPartials);
     const unsigned grid = static_cast<unsigned>(num_partials);
-    if (weights_size == 0) {
-      LaunchTotalPartials<T, kNoWeights>(y_true, y_pred, weights, n, depth, threshold, grid, partials, stream);
-    } else if (weights_size == n) {  // also the per-row case when depth == 1
-      LaunchTotalPartials<T, kElementWeights>(y_true, y_pred, weights, n, depth, threshold, grid, partials, stream);
+    if (mode == WeightMode::kNone) {
+      LaunchTotalPartials<T, WeightMode::kNone>(y_true, y_pred, weights, n, depth, threshold, grid, partials, stream);
+    } else if (mode == WeightMode::kPerElement) {  // also the per-row case when depth == 1
+      LaunchTotalPartials<T, WeightMode::kPerElement>(y_true, y_pred, weights, n, depth, threshold, grid, partials, stream);
     } else {
-      LaunchTotalPartials<T, kRowWeights>(y_true, y_pred, weights, n, depth, threshold, grid, partials, stream);
+      LaunchTotalPartials<T, WeightMode::kPerRow>(y_true, y_pred, weights, n, depth, threshold, grid, partials, stream);
     }
   }
   Launch(CombineTotalsKernel, 1, kCombineBlock, stream, partials, num_partials, total, count);
