@@ -45,7 +45,7 @@ report=$(awk '
                                printf "%-6s regs=%-3s frame=%-3s spill_st=%-3s spill_ld=%-3s %s\n", arch, regs, frame, st, ld, fn }
 ' "$tmp/ptxas.log")
 if command -v c++filt >/dev/null; then report=$(c++filt <<<"$report"); fi
-report=$(sed -e 's/fastcustom::gpu::(anonymous namespace):://' -e 's/(.*$//' -e 's/ void / /' <<<"$report" \
+report=$(sed -e 's/fastcustom::gpu::(anonymous namespace):://' -e 's/([A-Za-z_:]*)\([0-9-]\)/\1/g' -e 's/(.*$//' -e 's/ void / /' <<<"$report" \
          | sort -k6,6 -k1,1)
 echo "cuda_compile: ptxas report ($(wc -l <<<"$report") kernel builds):"
 echo "$report"
@@ -85,6 +85,7 @@ if [[ -n "$cuobjdump_bin" ]]; then
     /code for sm_/ { arch = $NF }
     /Function : /  { fn = $0; sub(/^.*Function : /, "", fn); anon = "(anonymous namespace)::"
                      if (i = index(fn, anon)) fn = substr(fn, i + length(anon))
+                     gsub(/\([A-Za-z_:]+\)/, "", fn)  # the (Enum) casts c++filt writes in template arguments
                      sub(/\(.*$/, "", fn); key = arch " " fn; kernels[key] = 1 }
     /LDG\.E\.128/   { loads[key]++ }
     /STG\.E\.128/   { stores[key]++ }

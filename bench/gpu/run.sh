@@ -48,7 +48,7 @@ trap 'rm -rf "$build"' EXIT
     /Used [0-9]+ registers/    { regs = $0; sub(/^.*Used /, "", regs); sub(/ registers.*$/, "", regs)
                                  printf "  regs=%-3s frame=%-3s spill_st=%-3s spill_ld=%-3s %s\n", regs, frame, st, ld, fn }
   ' "$build/ptxas.log" | (c++filt 2>/dev/null || cat) \
-    | sed -e 's/fastcustom::gpu::(anonymous namespace):://' -e 's/(.*$//' -e 's/ void / /' | sort -k5
+    | sed -e 's/fastcustom::gpu::(anonymous namespace):://' -e 's/([A-Za-z_:]*)\([0-9-]\)/\1/g' -e 's/(.*$//' -e 's/ void / /' | sort -k5
 
   echo "== harness"
   PYTHONUNBUFFERED=1 python3 bench/gpu/harness.py --lib "$build/libfastcustom_huber_cuda.so" \
