@@ -162,17 +162,25 @@ void AddLanes(const A* part, double* whole) {
   for (int l = 0; l < kLanes<A>; ++l) whole[l] += static_cast<double>(part[l]);
 }
 
-template <typename A>
-A ChunkSum(const A* t, const A* p, int64_t n, A threshold) {
+// The sum of h over one chunk; with kGrad, grad[i] = scale * dh/dy_pred[i] written in the
+// same pass (HuberMeanWithGrad).
+template <typename A, bool kGrad = false>
+A ChunkSum(const A* t, const A* p, int64_t n, A threshold, A scale = A(0), A* grad = nullptr) {
   constexpr int kL = kLanes<A>;
   double whole[kL] = {};
   for (int64_t j = 0; j < n;) {
     const int64_t end = std::min(n, j + kSegment<A>);
     A lane[kL] = {};
     for (; j + kL <= end; j += kL) {
-      for (int l = 0; l < kL; ++l) lane[l] += HuberValue(t[j + l], p[j + l], threshold);
+      for (int l = 0; l < kL; ++l) {
+        lane[l] += HuberValue(t[j + l], p[j + l], threshold);
+        if constexpr (kGrad) grad[j + l] = scale * HuberGradPred(t[j + l], p[j + l], threshold);
+      }
     }
-    for (int l = 0; j < end; ++l, ++j) lane[l] += HuberValue(t[j], p[j], threshold);
+    for (int l = 0; j < end; ++l, ++j) {
+      lane[l] += HuberValue(t[j], p[j], threshold);
+      if constexpr (kGrad) grad[j] = scale * HuberGradPred(t[j], p[j], threshold);
+    }
     AddLanes(lane, whole);
   }
   return static_cast<A>(HalvingSum(whole, LaneCount<A>(n)));
@@ -204,29 +212,6 @@ std::pair<A, A> WeightedChunkSum(const A* t, const A* p, const A* w, int64_t n, 
   const int width = LaneCount<A>(n);
   return {static_cast<A>(HalvingSum(whole_total, width)),
           static_cast<A>(HalvingSum(whole_count, width))};
-}
-
-// ChunkSum, and grad[i] = scale * dh/dy_pred[i] written in the same pass.
-template <typename A>
-A ChunkSumAndGrad(const A* t, const A* p, int64_t n, A threshold, A scale, A* grad) {
-  constexpr int kL = kLanes<A>;
-  double whole[kL] = {};
-  for (int64_t j = 0; j < n;) {
-    const int64_t end = std::min(n, j + kSegment<A>);
-    A lane[kL] = {};
-    for (; j + kL <= end; j += kL) {
-      for (int l = 0; l < kL; ++l) {
-        lane[l] += HuberValue(t[j + l], p[j + l], threshold);
-        grad[j + l] = scale * HuberGradPred(t[j + l], p[j + l], threshold);
-      }
-    }
-    for (int l = 0; j < end; ++l, ++j) {
-      lane[l] += HuberValue(t[j], p[j], threshold);
-      grad[j] = scale * HuberGradPred(t[j], p[j], threshold);
-    }
-    AddLanes(lane, whole);
-  }
-  return static_cast<A>(HalvingSum(whole, LaneCount<A>(n)));
 }
 
 // The same sums in double, in order: for chunks whose float sum is not finite.
@@ -717,7 +702,7 @@ struct HuberMeanWithGradOp : HuberKernel {
       for (int64_t e0 = b * kBlock; e0 < block_end; e0 += kChunk) {
         const int64_t n = std::min(kChunk, block_end - e0);
         block_total += FiniteOrInDouble(
-            ChunkSumAndGrad(t + e0, p + e0, n, threshold, scale, g + e0),
+            ChunkSum<T, true>(t + e0, p + e0, n, threshold, scale, g + e0),
             [&] { return ChunkSumInDouble(t + e0, p + e0, n, threshold64); });
       }
       partials[b] = {block_total, 0.0};

@@ -77,7 +77,9 @@ __device__ __forceinline__ void StoreRaw16(void* p, const Raw16& r) {
 
 // Elem<T>: Acc (the evaluation type), kVec (elements per 16 bytes), scalar
 // Load/Store, FromDouble (one rounding), and Get/Set of lane k of a Raw16
-// (Set lanes in increasing k into a fresh Raw16).
+// (Set lanes in increasing k into a fresh Raw16). One specialization per storage
+// type, the same members in the same order: parallel by design, each with its
+// type's own intrinsics.
 template <typename T>
 struct Elem;
 
