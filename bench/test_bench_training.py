@@ -293,6 +293,76 @@ def test_jax_lax_scan_optax(benchmark):
            target=target)
 
 
+# The first call from a fresh process (trace, compile, one epoch), each way in its own
+# interpreter: within one process, caches (XLA's, tf.function's) would flatter later runs.
+FIRST_CALL = """
+import sys, time
+import numpy as np
+import test_bench_training as suite
+way = sys.argv[1]
+x, y = suite.regression_data()
+if way == "jax":
+    import jax, optax
+    steps = suite.SAMPLES // suite.BATCH
+    params, state, epoch = suite.jax_epoch_trainer(jax, optax)
+    start = time.perf_counter()
+    order = np.random.default_rng(0).permutation(suite.SAMPLES)[:steps * suite.BATCH]
+    out = epoch(params, state, x[order].reshape(steps, suite.BATCH, suite.FEATURES),
+                y[order].reshape(steps, suite.BATCH, 1))
+    out[2].block_until_ready()
+else:
+    import keras, fastcustom
+    model = suite.notes_model()
+    model.compile(optimizer=keras.optimizers.Nadam(), loss=fastcustom.HuberLoss(),
+                  metrics=[fastcustom.HuberMetric()],
+                  steps_per_execution=suite.STEPS_PER_EPOCH if way == "model.fit" else 1)
+    if way == "accelerated model.fit":
+        fastcustom.accelerate(model)
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=suite.BATCH, epochs=1, verbose=0)
+print(time.perf_counter() - start)
+"""
+FIRST_CALL_WAYS = ["accelerated model.fit", "model.fit", "jax"]
+
+
+def test_first_call_from_a_fresh_process(benchmark):
+    """Seconds from a fresh model to the end of its first one-epoch fit (trace, compile, run),
+    median of 3 fresh processes per way, the ways alternated; JAX skipped where missing."""
+    import subprocess
+    import sys
+
+    ways = [w for w in FIRST_CALL_WAYS if w != "jax" or _has_jax()]
+    seconds = {way: [] for way in ways}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+    def run_all():
+        for _ in range(3):
+            for way in ways:
+                done = subprocess.run([sys.executable, "-c", FIRST_CALL, way], capture_output=True,
+                                      text=True, env=env, timeout=600,
+                                      cwd=os.path.dirname(os.path.abspath(__file__)))
+                assert done.returncode == 0, done.stderr[-3000:]
+                seconds[way].append(float(done.stdout.strip().splitlines()[-1]))
+
+    benchmark.pedantic(run_all, rounds=1, iterations=1)
+    medians = {way: statistics.median(values) for way, values in seconds.items()}
+    benchmark.group = "training first call"
+    benchmark.extra_info.update({"suite": "training", "first_call_seconds": medians,
+                                 "first_call_all": seconds})
+    print("\nfirst call (fresh process, compile + 1 epoch), median of 3:")
+    for way, value in medians.items():
+        print(f"  {way:24s} {value:6.2f} s")
+
+
+def _has_jax():
+    try:
+        import jax  # noqa: F401
+        import optax  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def test_eager_reference_loop(benchmark):
     x, y = regression_data()
     model, optimizer = notes_model(), keras.optimizers.Nadam()
