@@ -24,6 +24,7 @@ MB = 1e6
 # (kernel table, implementation, bytes moved in units of one input array)
 ROWS = [("read", name, 2) for name in suite.READS] + [
     ("forward", "fastcustom", 2), ("forward", "fused op", 2), ("forward", "XLA path (eager)", 2),
+    ("forward", "XLA path formula (compiled)", 2),
     ("forward", "best XLA form (float32)", 2), ("forward", "torch", 2),
     ("forward + gradient", "fastcustom (tf.function)", 3),
     ("forward + gradient", "fastcustom", 3),
