@@ -21,6 +21,13 @@ import pytest  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+import fastcustom  # noqa: E402  (lazy: no TensorFlow yet)
+
+# Where the fastcustom under test lives (an install, or this checkout), found before any
+# test module puts the checkout on sys.path (bench/gpu/harness.py does): fresh processes
+# import this one first, or a checkout without the built op would shadow an install.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastcustom.__file__)))
+
 
 def make_regression_data(n=256, n_features=8, seed=0):
     """`n` samples of `n_features` standard normal features and a smooth target, float32."""
@@ -45,8 +52,6 @@ def make_everything_model(seed=0, noise=0.05, n_features=8):
     constraint and activation once (not compiled)."""
     import keras
 
-    import fastcustom
-
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((n_features,))
     h = fastcustom.MyDense(30, activation="selu",
@@ -62,7 +67,8 @@ def make_everything_model(seed=0, noise=0.05, n_features=8):
 
 
 def _start(argv, python=sys.executable, cwd=HERE, env=None):
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([PACKAGE_ROOT, *sys.path]),
+                   **(env or {})}
     environment = {name: value for name, value in environment.items() if value is not None}
     return subprocess.Popen([str(python), *map(str, argv)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=cwd, env=environment)
@@ -78,7 +84,8 @@ def _finish(process, timeout):
 
 def python_process(*argv, python=sys.executable, cwd=HERE, env=None, timeout=600):
     """Run `python *argv` (a script and its arguments, or "-c", code, ...) in a fresh process
-    that imports what this one imports (PYTHONPATH is this sys.path), from tests/ by default.
+    that imports what this one imports (PYTHONPATH: the fastcustom under test, then this
+    sys.path), from tests/ by default.
 
     `env` adds to or, with None as a value, removes from this process's environment. Returns
     the finished `subprocess.CompletedProcess`, its output as text.

@@ -90,3 +90,11 @@ def test_the_walker_sees_known_edges_and_finds_a_planted_cycle():
 def test_no_import_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_fresh_processes_import_the_fastcustom_under_test(run_scripts):
+    # Test modules put the checkout on sys.path (bench/gpu/harness.py); a process that
+    # imported the checkout's fastcustom instead of an installed one would lack its op.
+    (child,) = run_scripts(("import json, fastcustom; print(json.dumps(fastcustom.__file__))",
+                            [], {}))
+    assert pathlib.Path(child).resolve() == pathlib.Path(fastcustom.__file__).resolve()
