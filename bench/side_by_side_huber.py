@@ -1,16 +1,20 @@
-"""Huber at one shape, every row side by side in one process: rounds interleaved, medians.
+"""Huber at one shape, every row side by side in one process: rounds interleaved (each in a
+shuffled order), medians.
 
-    python bench/side_by_side_huber.py [--rows 500000] [--depth 16] [--rounds 25]
+    python bench/side_by_side_huber.py [--rows 500000] [--depth 16] [--rounds 25] [--only NAME ...]
 
 The cases are bench/test_bench_huber.py's (same builders, same inputs); the roof is
 its memory-bound read on all cores. Prints ms, GB/s (bytes each path moves) and the
-fraction of the roof. For a quick look at ratios on a shared machine; the pytest suite
-and `python -m fastcustom.bench report` remain the record.
+fraction of the roof. `--only` keeps the implementations named (and the roof), for a
+pair whose ratio matters, with less else between its rounds. For a quick look at ratios
+on a shared machine; the pytest suite and `python -m fastcustom.bench report` remain the
+record.
 """
 
 import argparse
 import os
 import pathlib
+import random
 import statistics
 import sys
 import time
@@ -31,6 +35,7 @@ ROWS = [("read", name, 2) for name in suite.READS] + [
     ("forward + gradient", "fused op", 5),   # forward reads 2; gradient reads 2, writes 1
     ("forward + gradient", "tf.function + XLA", 3),
     ("forward + gradient", "XLA path (eager)", 3),
+    ("forward + gradient", "XLA path formula (compiled)", 3),
     ("forward + gradient", "best XLA form (float32)", 3),
     ("forward + gradient", "torch", 3)]
 TABLES = {"read": suite.READS, "forward": suite.FORWARD,
@@ -42,12 +47,16 @@ def main():
     parser.add_argument("--rows", type=int, default=500000)
     parser.add_argument("--depth", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help="an implementation to keep (repeatable); the roof is always kept")
     args = parser.parse_args()
     suite.SHAPES["large"] = (args.rows, args.depth)
     suite._arrays.cache_clear()
     inputs = suite.Inputs("large", Device("cpu"))
     calls = {}
     for kernel, name, arrays in ROWS:
+        if args.only and kernel != "read" and name not in args.only:
+            continue
         try:
             call, _ = TABLES[kernel][name](inputs)
         except BaseException as error:  # pytest.skip (torch missing) is a BaseException
@@ -56,8 +65,11 @@ def main():
         call()
         calls[(kernel, name)] = (call, arrays * inputs.np_true.nbytes)
     times = {key: [] for key in calls}
+    order, shuffle = list(calls), random.Random(0).shuffle
     for _ in range(args.rounds):
-        for key, (call, _) in calls.items():
+        shuffle(order)   # a fixed order would give each row the same predecessor's cache state
+        for key in order:
+            call = calls[key][0]
             start = time.perf_counter()
             call()
             times[key].append(time.perf_counter() - start)

@@ -20,7 +20,8 @@ import fastcustom
 from fastcustom import reference
 from fastcustom.bench import case_info, ceiling_info
 from fastcustom.bench.cases import SIZES
-from fastcustom.ops.huber import huber_mean_tf, huber_per_sample_tf, huber_weighted_total_tf
+from fastcustom.ops.huber import (huber_mean_tf, huber_mean_with_grad_tf, huber_per_sample_tf,
+                                  huber_weighted_total_tf)
 from fastcustom.baselines import notes
 
 SHAPES = {"small": (32, 1), "medium": (16384, 16), "large": (500000, 16)}
@@ -203,10 +204,13 @@ FORWARD_GRADIENT = {
     "tf.function": lambda inputs: _forward_tf(tf.function(_mean_huber_and_grad))(inputs),
     "tf.function + XLA": lambda inputs: _forward_tf(
         tf.function(_mean_huber_and_grad, jit_compile=True))(inputs),
-    # What fastcustom runs without the op: HuberLoss's XLA-compiled mean, differentiated
-    # by the tape (its backward pass is a second compiled function).
+    # What fastcustom runs without the op: HuberLoss under a tape, where one XLA-compiled
+    # function writes the mean and its gradient (the tape only scales the gradient).
     "XLA path (eager)": lambda inputs: _grad_tf_eager(
         _on_xla_path(fastcustom.HuberLoss(THRESHOLD)))(inputs),
+    # That function alone, called directly, without HuberLoss's Python around it.
+    "XLA path formula (compiled)": lambda inputs: _forward_tf(_with_threshold_tensor(
+        tf.function(huber_mean_with_grad_tf, jit_compile=True)))(inputs),
     # The best XLA formulation in float32, loss and gradient compiled in one function.
     "best XLA form (float32)": lambda inputs: _forward_tf(tf.function(
         functools.partial(_tape, _best_xla_form_mean), jit_compile=True))(inputs),

@@ -23,6 +23,8 @@
 // or sum beyond float's range) is recomputed in double, from the inputs and the
 // double threshold, so overflow in float never changes the answer (the rule of
 // fastcustom.reference.huber); finite sums, the common case, cost one check.
+// Gradients likewise: a float y_pred - y_true that overflows is recomputed in double
+// when the threshold is beyond float's range (below it, the clamp gives +-t exactly).
 #define EIGEN_USE_THREADS  // HuberMeanGrad scales on the Eigen thread pool device
 
 #include <algorithm>
@@ -409,17 +411,36 @@ std::vector<double> LongRowSums(OpKernelContext* ctx, const T* t, const T* p, in
   return row_sums;
 }
 
+// A float y_pred - y_true beyond float's range clamps to +-t, exact unless t is beyond
+// float's range too (t > FLT_MAX as a double): only then are the n gradients
+// scale * clamp(y_pred - y_true) whose float difference overflowed recomputed in double.
+template <typename A>
+void RecomputeOverflowedGrad(const A* t, const A* p, int64_t n, double scale,
+                             double threshold64, A* grad) {
+  if constexpr (std::is_same_v<A, float>) {
+    if (!(threshold64 > std::numeric_limits<float>::max())) return;
+    for (int64_t j = 0; j < n; ++j) {
+      if (std::isinf(p[j] - t[j]) && std::isfinite(p[j]) && std::isfinite(t[j])) {
+        const double e = static_cast<double>(p[j]) - static_cast<double>(t[j]);
+        grad[j] = static_cast<float>(scale * std::clamp(e, -threshold64, threshold64));
+      }
+    }
+  }
+}
+
 // res[i] = grad[row] / D * HuberGradPred(t[i], p[i]) for the n elements from flat
 // index e0, one row segment at a time, for every D.
 template <typename T>
 void GradChunk(const Acc<T>* t, const Acc<T>* p, const T* g, int64_t e0, int64_t n,
-               int64_t depth, Acc<T> threshold, Acc<T>* res) {
+               int64_t depth, Acc<T> threshold, double threshold64, Acc<T>* res) {
   const double d = static_cast<double>(depth);
   int64_t row = e0 / depth;
   for (int64_t i = 0, end; i < n; i = end, ++row) {
     end = std::min(n, (row + 1) * depth - e0);
-    const auto scale = static_cast<Acc<T>>(ToDouble(g[row]) / d);
+    const double scale64 = ToDouble(g[row]) / d;
+    const auto scale = static_cast<Acc<T>>(scale64);
     for (int64_t j = i; j < end; ++j) res[j] = scale * HuberGradPred(t[j], p[j], threshold);
+    RecomputeOverflowedGrad(t + i, p + i, end - i, scale64, threshold64, res + i);
   }
 }
 
@@ -558,7 +579,7 @@ struct HuberPerSampleGrad<CPUDevice, T> {
         const Acc<T>* pp = Widen(p + e0, n, tile.y_pred);
         Acc<T>* res = tile.other;
         if constexpr (std::is_same_v<T, Acc<T>>) res = out + e0;
-        GradChunk(tt, pp, g, e0, n, depth, threshold, res);
+        GradChunk(tt, pp, g, e0, n, depth, threshold, threshold64, res);
         if constexpr (!std::is_same_v<T, Acc<T>>) Narrow(res, n, out + e0);
       }
     });
@@ -704,6 +725,8 @@ struct HuberMeanWithGradOp : HuberKernel {
         block_total += FiniteOrInDouble(
             ChunkSum<T, true>(t + e0, p + e0, n, threshold, scale, g + e0),
             [&] { return ChunkSumInDouble(t + e0, p + e0, n, threshold64); });
+        RecomputeOverflowedGrad(t + e0, p + e0, n, 1.0 / static_cast<double>(size), threshold64,
+                                g + e0);
       }
       partials[b] = {block_total, 0.0};
     });

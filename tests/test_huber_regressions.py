@@ -121,6 +121,22 @@ def test_loss_mean_near_float32_max_is_finite(path):
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_loss_gradient_where_the_difference_overflows_float32(path, dtype):
+    # The XLA path's gradient is computed in float32 for these dtypes; e = 3e38 - (-3e38)
+    # overflows there, and with t above float32's range the answer is e / size, finite.
+    y_true, y_pred = tf.constant([[3e38, 0.0]], dtype), tf.constant([[-3e38, -3.0]], dtype)
+    with fastcustom.use_path(path), tf.GradientTape() as tape:
+        tape.watch(y_pred)
+        loss = fastcustom.HuberLoss(threshold=1e39)(y_true, y_pred)
+    expected = reference.huber_grad_pred(tf.cast(y_true, tf.float64).numpy(),
+                                         tf.cast(y_pred, tf.float64).numpy(), [1.0], 1e39)
+    assert np.isfinite(expected).all()
+    np.testing.assert_allclose(tf.cast(tape.gradient(loss, y_pred), tf.float64).numpy(),
+                               expected, rtol=1e-6 if dtype == tf.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_gradient_at_infinite_prediction_is_the_clamped_limit(path):
     # The op gave threshold / D, the XLA path NaN; the reference's rule is the limit.
     y_true, y_pred = tf.constant([[0.0, 0.0]]), tf.constant([[np.inf, -np.inf]])
