@@ -22,7 +22,8 @@ SIZES = ("small", "medium", "large")
 # Implementations, in report order; the first is the baseline every speed-up divides.
 BASELINE = "notes (eager)"
 IMPLEMENTATIONS = (BASELINE, "notes Mean-based (eager)", "keras built-in", "tf.function",
-                   "tf.function + XLA", "XLA path (eager)", "best XLA form (float32)",
+                   "tf.function + XLA", "XLA path (eager)", "XLA path formula (compiled)",
+                   "best XLA form (float32)",
                    "fastcustom", "fastcustom (tf.function)", "fused op",
                    "numpy float64", "torch", "jax + optax")
 

@@ -15,17 +15,30 @@ def _label(key):
     return implementation if device == "cpu" else f"{implementation} ({device})"
 
 
-def _panel(ax, results, kernel, colors, lines, ceilings):
+# A style per implementation, distinct across all of them (ten colors repeated before).
+_MARKERS = "osD^vPX"
+
+
+def _styles():
+    """implementation -> (color, marker): tab20's 20 colors, seven markers."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"]
+    return {name: (palette(i % 20), _MARKERS[i % len(_MARKERS)])
+            for i, name in enumerate(IMPLEMENTATIONS)}
+
+
+def _panel(ax, results, kernel, styles, lines, ceilings):
     """One kernel: a line per (implementation, device), the device's ceiling as a rule."""
     cases = [c for c in results.cases if c.kernel == kernel]
     unit = cases[0].unit
     for key in sorted({(c.implementation, c.device) for c in cases}, key=_order):
         points = sorted((c for c in cases if (c.implementation, c.device) == key),
                         key=lambda c: c.work)
+        color, marker = styles.get(key[0], (None, "o"))
         (lines[key],) = ax.plot([c.work for c in points],
-                                [c.throughput / 1e9 for c in points], marker="o",
-                                color=colors.get(key[0]), linestyle="-" if key[1] == "cpu"
-                                else ":")
+                                [c.throughput / 1e9 for c in points], marker=marker,
+                                color=color, linestyle="-" if key[1] == "cpu" else ":")
     for device in sorted({c.device for c in cases}):
         roof = results.ceiling(unit, device)
         if roof is not None:
@@ -46,10 +59,10 @@ def draw(results, path):
     rows = max(1, -(-len(kernels) // columns))
     figure = Figure(figsize=(5.5 * columns, 4.2 * rows), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    colors = {name: f"C{i % 10}" for i, name in enumerate(IMPLEMENTATIONS)}
+    styles = _styles()
     lines, ceilings = {}, {}
     for ax, kernel in zip(axes, kernels):
-        _panel(ax, results, kernel, colors, lines, ceilings)
+        _panel(ax, results, kernel, styles, lines, ceilings)
     for ax in axes[len(kernels):]:
         ax.axis("off")
     legend = {_label(key): lines[key] for key in sorted(lines, key=_order)} | ceilings
