@@ -62,7 +62,21 @@ template <typename T>
 using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 template <typename A>
-constexpr int kLanes = 64 / sizeof(A);  // one 512-bit vector
+constexpr int kLanes = 64 / sizeof(A);  // the chunk sums' lanes: one 512-bit vector
+
+// The machine's own vectors (256-bit without AVX-512, where 512-bit shuffles are
+// emulated). may_alias: a buffer of A is read and written as vectors in place.
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+#else
+constexpr int kVectorBytes = 32;
+#endif
+typedef float FloatVec __attribute__((vector_size(kVectorBytes), may_alias));
+typedef double DoubleVec __attribute__((vector_size(kVectorBytes), may_alias));
+template <typename A>
+using Vec = std::conditional_t<std::is_same_v<A, double>, DoubleVec, FloatVec>;
+template <typename A>
+constexpr int kVecLanes = kVectorBytes / sizeof(A);
 
 template <typename T>
 double ToDouble(T x) {
@@ -235,6 +249,22 @@ std::pair<double, double> WeightedChunkSumInDouble(const T* t, const T* p, const
   return {total, count};
 }
 
+// Whether x[0..n) are all finite: x - x is 0 unless x is inf or NaN, and NaN
+// survives the adds (in vectors: a scalar loop here cost 5% of HuberPerSample).
+template <typename A>
+bool AllFinite(const A* x, int64_t n) {
+  Vec<A> nan_if_not = {};
+  int64_t i = 0;
+  for (; i + kVecLanes<A> <= n; i += kVecLanes<A>) {
+    const Vec<A> v = *reinterpret_cast<const Vec<A>*>(x + i);
+    nan_if_not += v - v;
+  }
+  A rest = A(0);
+  for (; i < n; ++i) rest += x[i] - x[i];
+  for (int l = 0; l < kVecLanes<A>; ++l) rest += nan_if_not[l];
+  return rest == A(0);
+}
+
 // A float sum as double, or (when it is not finite) `recompute()` in double.
 template <typename A, typename Fn>
 double FiniteOrInDouble(A sum, const Fn& recompute) {
@@ -246,15 +276,13 @@ double FiniteOrInDouble(A sum, const Fn& recompute) {
 }
 
 // ----------------------------------------------------------------------------
-// Rows of D <= kLanes elements: the same halving sums, kLanes vectors at a time.
+// Rows of D <= kLanes elements: the same halving sums, many rows at a time.
 // Each row is padded with zeros to P = bit_ceil(D) lanes; one step adds the
 // low and high halves of every P-lane segment of two vectors, so after
-// log2(P) steps each lane holds the sum of one row, rows in order.
+// log2(P) steps each lane holds the sum of one row, rows in order. A row wider
+// than the machine's vector (P = 2 vectors) starts with its two halves added
+// lane by lane. The tree is P's, not the vector's: the same bits at any width.
 // ----------------------------------------------------------------------------
-typedef float FloatVec __attribute__((vector_size(64)));
-typedef double DoubleVec __attribute__((vector_size(64)));
-template <typename A>
-using Vec = std::conditional_t<std::is_same_v<A, double>, DoubleVec, FloatVec>;
 
 // Source lane (of a: 0..kL-1, of b: kL..2kL-1) of output lane k for segments of kS lanes.
 template <int kL, int kS, bool kHigh>
@@ -272,8 +300,12 @@ inline V Halves(V a, V b, std::integer_sequence<int, k...>) {
 // v[0..count) hold rows of kS lanes; halve until every lane is one row's sum.
 template <typename A, int kS>
 inline void HalveRows(Vec<A>* v, int count) {
-  if constexpr (kS > 1) {
-    constexpr auto lanes = std::make_integer_sequence<int, kLanes<A>>();
+  static_assert(kS <= 2 * kVecLanes<A>, "a row spans at most two vectors");
+  if constexpr (kS == 2 * kVecLanes<A>) {
+    for (int j = 0; j < count / 2; ++j) v[j] = v[2 * j] + v[2 * j + 1];
+    HalveRows<A, kS / 2>(v, count / 2);
+  } else if constexpr (kS > 1) {
+    constexpr auto lanes = std::make_integer_sequence<int, kVecLanes<A>>();
     for (int j = 0; j < count / 2; ++j) {
       v[j] = Halves<kS, false>(v[2 * j], v[2 * j + 1], lanes) +
              Halves<kS, true>(v[2 * j], v[2 * j + 1], lanes);
@@ -307,9 +339,8 @@ void SmallRowSums(const A* t, const A* p, int64_t rows, int64_t depth, A thresho
     const int64_t n = std::min(kBatchRows, rows - r);
     PaddedRowValues<A, kP>(t + r * depth, p + r * depth, n, depth, threshold, h);
     if (n == kBatchRows) {
-      Vec<A> v[kL];
-      std::memcpy(v, h, sizeof(v));
-      HalveRows<A, kP>(v, kL);
+      Vec<A>* v = reinterpret_cast<Vec<A>*>(h);
+      HalveRows<A, kP>(v, kL * kL / kVecLanes<A>);
       std::memcpy(sums + r, v, kBatchRows * sizeof(A));
     } else {
       for (int64_t i = 0; i < n; ++i) sums[r + i] = HalvingSum(h + i * kP, kP);
@@ -368,9 +399,7 @@ void ShortRowSums(const T* t, const T* p, int64_t r0, int64_t r1, int64_t depth,
         sums[i] = ChunkSum(tt + i * depth, pp + i * depth, depth, threshold);
       }
     }
-    bool finite = true;  // x - x is 0 unless x is inf or NaN; a loop that vectorizes
-    for (int64_t i = 0; i < rows; ++i) finite &= (sums[i] - sums[i]) == A(0);
-    if (finite) {
+    if (AllFinite(sums, rows)) {
       rows_fn(r, rows, static_cast<const A*>(sums));
       continue;
     }
@@ -544,20 +573,21 @@ struct HuberPerSample<CPUDevice, T> {
       return absl::OkStatus();
     }
     const auto threshold = static_cast<Acc<T>>(threshold64);
-    const double d = static_cast<double>(depth);
     if (depth > kChunk) {
       const std::vector<double> sums = LongRowSums(ctx, t, p, rows, depth, threshold, threshold64);
-      for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<T>(sums[r] / d);
+      for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<T>(sums[r] / static_cast<double>(depth));
       return absl::OkStatus();
     }
     const int64_t rows_per_block = std::max<int64_t>(1, kBlock / depth);
     ForEachBlock(ctx, CeilDiv(rows, rows_per_block), rows_per_block * depth, [&](int64_t b) {
       const int64_t r0 = b * rows_per_block, r1 = std::min(rows, r0 + rows_per_block);
       ShortRowSums(t, p, r0, r1, depth, threshold, threshold64,
-                   [out, d](int64_t r, int64_t n, const auto* sums) {
-                     for (int64_t i = 0; i < n; ++i) {
-                       out[r + i] = static_cast<T>(static_cast<double>(sums[i]) / d);
-                     }
+                   [out, depth](int64_t r, int64_t n, const auto* sums) {
+                     // In the sums' type: float's quotient is correctly rounded, as
+                     // is double's rounded to float (53 >= 2 * 24 + 2): same bits.
+                     using S = std::remove_cv_t<std::remove_pointer_t<decltype(sums)>>;
+                     const auto d = static_cast<S>(depth);  // exact: D <= kChunk
+                     for (int64_t i = 0; i < n; ++i) out[r + i] = static_cast<T>(sums[i] / d);
                    });
     });
     return absl::OkStatus();

@@ -186,6 +186,26 @@ def test_a_row_gives_the_same_bits_wherever_it_sits(rng, depth, dtype):
 
 
 @needs_ops
+@pytest.mark.parametrize("depth", [1, 2, 3, 5, 8, 13, 16])
+def test_short_rows_are_summed_in_the_documented_tree(rng, depth):
+    """float32 rows of D <= 16 (huber_kernels_cpu.cc): h in float32, padded with zeros to
+    P = bit_ceil(D) lanes, added pairwise in halves (lane i += lane i + P/2, ..., 1), the
+    sum divided by D; the same bits whatever the machine's vector width."""
+    y_true = (rng.standard_normal((1001, depth)) * 3).astype(np.float32)
+    y_pred = (rng.standard_normal((1001, depth)) * 3).astype(np.float32)
+    a = np.abs(y_true - y_pred)
+    q = np.minimum(a, np.float32(1.0))
+    lanes = q * (a - np.float32(0.5) * q)
+    width = 1 << (depth - 1).bit_length()
+    lanes = np.pad(lanes, [(0, 0), (0, width - depth)])
+    while width > 1:
+        width //= 2
+        lanes = lanes[:, :width] + lanes[:, width:2 * width]
+    loss = OPS.huber_per_sample(tf.constant(y_true), tf.constant(y_pred), threshold_of(1.0))
+    np.testing.assert_array_equal(loss.numpy(), lanes[:, 0] / np.float32(depth))
+
+
+@needs_ops
 def test_bad_inputs_raise():
     threshold = threshold_of(1.0)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[2,3\].*\[2,4\]"):
