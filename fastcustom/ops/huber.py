@@ -190,6 +190,10 @@ _EMPTY = {}   # dtype -> the eager empty weights tensor HuberWeightedTotal takes
 
 
 def _no_weights(dtype):
+    """HuberWeightedTotal's weights for "none": made once per dtype in eager mode (not
+    captured into graphs)."""
+    if not tf.executing_eagerly():
+        return tf.zeros([0], dtype)
     if dtype not in _EMPTY:
         _EMPTY[dtype] = tf.zeros([0], dtype)
     return _EMPTY[dtype]
@@ -231,9 +235,13 @@ def huber_mean(y_true, y_pred, threshold=1.0):
     if tf.executing_eagerly():   # HuberWeightedTotal (no gradient) and one scalar cast
         total, count = ops.huber_weighted_total(y_true, y_pred, threshold,
                                                 _no_weights(y_pred.dtype))
-        # total / count in Python's float64, as TensorFlow's: a scalar kernel fewer, which
-        # measured 0.3 ms while the op's worker threads still spin after it
-        return tf.cast(tf.constant(float(total) / float(count), tf.float64), y_pred.dtype)
+        # total / count in Python's float64, as TensorFlow's, then float32 and float64
+        # rounded by tf.constant as by tf.cast: no scalar kernels after the op, each of
+        # which measured 0.3 ms while the op's worker threads still spin
+        mean = float(total) / float(count)
+        if y_pred.dtype in (tf.float32, tf.float64):
+            return tf.constant(mean, y_pred.dtype)
+        return tf.cast(tf.constant(mean, tf.float64), y_pred.dtype)
     per_sample = ops.huber_per_sample(y_true, y_pred, threshold)
     return tf.cast(tf.reduce_mean(tf.cast(per_sample, tf.float64)), y_pred.dtype)
 
@@ -284,7 +292,7 @@ def huber_weighted_total(y_true, y_pred, threshold=1.0, sample_weight=None):
         weights, per_row = standardize_weights(sample_weight, y_pred)
     ops = _fused_ops_for(y_pred)
     if ops is not None:
-        flat = tf.zeros([0], y_pred.dtype) if weights is None else tf.reshape(weights, [-1])
+        flat = _no_weights(y_pred.dtype) if weights is None else tf.reshape(weights, [-1])
         return ops.huber_weighted_total(y_true, y_pred, _threshold(threshold), flat)
     if in_xla_context():
         return huber_weighted_total_tf(y_true, y_pred, threshold, weights, per_row)

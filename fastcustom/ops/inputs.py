@@ -66,7 +66,9 @@ def prepare_pair(y_true, y_pred):
     y_pred = tf.convert_to_tensor(y_pred)
     if not y_pred.dtype.is_floating:
         y_pred = tf.cast(y_pred, keras.backend.floatx())
-    y_true = tf.cast(tf.convert_to_tensor(y_true), y_pred.dtype)
+    y_true = tf.convert_to_tensor(y_true)
+    if y_true.dtype != y_pred.dtype:   # tf.cast would return it as is, after its dispatch
+        y_true = tf.cast(y_true, y_pred.dtype)
     if y_true.shape == y_pred.shape and y_pred.shape.rank and y_pred.shape.is_fully_defined():
         return y_true, y_pred   # the common case: one known shape, nothing to match
     y_true, y_pred = _same_rank(y_true, y_pred)
