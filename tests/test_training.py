@@ -52,10 +52,12 @@ def test_matches_the_eager_reference_loop(case, regression_data, small_regressor
 
 @pytest.mark.parametrize("steps_per_call", [None, 3])
 def test_two_steps_per_iteration_match_the_eager_reference_loop(steps_per_call, regression_data,
-                                                                 small_regressor):
+                                                                 small_regressor, monkeypatch):
     # 7 full steps of 16 and a step of 8 per epoch: the loop runs iterations of two
     # steps, then the odd one; with steps_per_call=3 the bounds are tensors (calls of
     # 3, 3, 1 + the tail), so each call needs the second loop when its count is odd.
+    # A fit this short unrolls only with the threshold lowered.
+    monkeypatch.setattr(fastcustom.training.loop, "UNROLL_AFTER_STEPS", 16)
     x, y = regression_data(n=120)
     model = small_regressor()
     reference = twin(model, x)
@@ -72,14 +74,26 @@ def test_two_steps_per_iteration_match_the_eager_reference_loop(steps_per_call, 
     np.testing.assert_allclose(history.history["loss"], expected["loss"], rtol=1e-5)
 
 
-def test_only_small_steps_are_unrolled(small_regressor):
+def test_only_small_steps_in_long_fits_are_unrolled(small_regressor):
+    loop = fastcustom.training.loop
     wide = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(1024)])
-    loops = {name: fastcustom.training.loop.CompiledLoops(model, jit_compile)
+    loops = {name: loop.CompiledLoops(model, jit_compile)
              for name, model, jit_compile in
-             [("small", small_regressor(), "auto"), ("wide", wide, "auto"), ("graph", small_regressor(), False)]}
+             [("small", small_regressor(), "auto"), ("wide", wide, "auto"),
+              ("graph", small_regressor(), False), ("short fit", small_regressor(), "auto"),
+              ("unknown length", small_regressor(), "auto")]}
+    assert loops["small"].steps_per_iteration(32) == 1   # no fit planned yet
+    for name in ("small", "wide", "graph"):
+        loops[name].plan(0)                                # runs no step: decides nothing
+        loops[name].plan(loop.UNROLL_AFTER_STEPS)
+    loops["short fit"].plan(loop.UNROLL_AFTER_STEPS - 1)
+    loops["short fit"].plan(10 * loop.UNROLL_AFTER_STEPS)  # the first fit decided
+    loops["unknown length"].plan(None)
     assert loops["small"].steps_per_iteration(32) == 2
     assert loops["wide"].steps_per_iteration(32) == 1  # 1M parameters
     assert loops["graph"].steps_per_iteration(32) == 1
+    assert loops["short fit"].steps_per_iteration(32) == 1
+    assert loops["unknown length"].steps_per_iteration(32) == 1
 
 
 @pytest.fixture(scope="module")

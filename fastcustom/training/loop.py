@@ -16,11 +16,15 @@ compiled loss (per output, `loss_weights`), compiled metrics and
 `weighted_metrics`, `model.losses`, the loss-scale optimizer under mixed
 precision, and any override of the steps.
 
-For small steps (trainable parameters x batch size <= `SMALL_STEP`) an
-iteration runs two steps: XLA:CPU starts each iteration's kernels anew, a
-fixed cost comparable to a small model's step (bench/RESULTS.md); the odd
-step runs after the loop (inline when the count is known when tracing, as for a
-whole epoch; else in a second loop).
+For small steps (trainable parameters x batch size <= `SMALL_STEP`) in a fit
+of at least `UNROLL_AFTER_STEPS` steps an iteration runs two steps: XLA:CPU
+starts each iteration's kernels anew, a fixed cost of 2-5 us a step of the
+notes' model, while the second copy of the step (and the odd one's) costs
+about 1.1 s more to compile, repaid after some 300,000 steps
+(bench/RESULTS.md). The odd step runs after the loop (inline when the count is
+known when tracing, as for a whole epoch; else in a second loop). The first fit
+that runs a step decides, and the decision is kept: a later, longer fit reuses the
+loop already compiled.
 
 With `FASTCUSTOM_XLA_CACHE=1` compiled loops are kept on disk across processes
 by TensorFlow's persistent XLA cache (`fastcustom/xla_cache.py`).
@@ -46,8 +50,10 @@ from fastcustom.training.data import epoch_batches, map_arrays
 _XLA_COMPILE_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
                        tf.errors.InternalError)
 
-# Two steps per loop iteration when trainable parameters x batch size is at most this.
+# Two steps per loop iteration when trainable parameters x batch size is at most this,
+# in a fit of at least this many steps.
 SMALL_STEP = 1 << 20
+UNROLL_AFTER_STEPS = 300_000
 
 
 def _leading_shape(full):
@@ -113,6 +119,7 @@ class CompiledLoops:
         self._steps_log_metrics = {
             "train": not keras_internals.overrides(model, "train_step", "compute_metrics"),
             "test": not keras_internals.overrides(model, "test_step", "compute_metrics")}
+        self._unroll = None   # two steps per iteration: the first `plan` decides
         self._compiled = {}   # (loop name, XLA or not) -> its tf.function
         self._concrete = {}   # ((loop name, XLA or not), _signature of the arguments) -> trace
         # The steps as functions of their own, traced once however often the loops call
@@ -127,9 +134,16 @@ class CompiledLoops:
     def compiled_with(self):
         return "xla" if self._xla else "graph"
 
+    def plan(self, steps):
+        """A fit's step count (None when unknown), before it runs: the first that is not
+        0 decides whether small steps run two per iteration (at least
+        `UNROLL_AFTER_STEPS`)."""
+        if self._unroll is None and steps != 0:
+            self._unroll = steps is not None and steps >= UNROLL_AFTER_STEPS
+
     def steps_per_iteration(self, batch_size):
-        """2 for a small step under XLA on one replica, else 1."""
-        if not self._xla or self.replicas > 1:
+        """2 for a small step under XLA on one replica in a long fit (`plan`), else 1."""
+        if not (self._xla and self.replicas == 1 and self._unroll):
             return 1
         parameters = sum(math.prod(v.shape) for v in self.model.trainable_variables)
         return 2 if parameters * batch_size <= SMALL_STEP else 1
