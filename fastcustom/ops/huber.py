@@ -29,6 +29,8 @@ bench/test_bench_huber.py) and exact to the output dtype at any row length.
 0.18
 """
 
+import functools
+
 import tensorflow as tf
 from tensorflow.python.eager import record
 
@@ -52,7 +54,7 @@ def _why_not_fused(tensor):
         return "inside an XLA compilation custom ops cannot run"
     if tensor.dtype not in _OP_DTYPES:
         return f"no fused kernel for {tensor.dtype.name}"
-    if not (library.status()["gpu"] or runs_on_cpu(tensor)):
+    if not (runs_on_cpu(tensor) or library.status()["gpu"]):
         return "the tensor runs on a GPU and the library has no usable GPU kernels"
     return None
 
@@ -167,7 +169,16 @@ _huber_weighted_total_xla = tf.function(huber_weighted_total_tf, jit_compile=Tru
 
 
 def _threshold(threshold):
+    """The threshold as the float64 scalar every path takes; a Python number's made once
+    in eager mode (not captured into graphs)."""
+    if isinstance(threshold, (int, float)) and tf.executing_eagerly():
+        return _eager_threshold(float(threshold).hex())   # hex: -0.0 is not 0.0
     return tf.constant(threshold, tf.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def _eager_threshold(hex_value):
+    return tf.constant(float.fromhex(hex_value), tf.float64)
 
 
 # ----------------------------------------------------------------------------
