@@ -5,7 +5,11 @@ shuffled order), medians.
 
 The cases are bench/test_bench_huber.py's (same builders, same inputs); the roof is
 its memory-bound read on all cores. Prints ms, GB/s (bytes each path moves) and the
-fraction of the roof. `--only` keeps the implementations named (and the roof), for a
+fraction of the roof, and the page faults per call: a row that reads about 2x slower in
+one process than in another (TensorFlow's default CPU allocator is glibc's malloc, whose
+per-thread arenas can return a large output to the OS after each call and fault it in
+again; `TF_CPU_ALLOCATOR_USE_BFC=true` is TensorFlow's own way out) shows it there.
+`--only` keeps the implementations named (and the roof), for a
 pair whose ratio matters, with less else between its rounds. For a quick look at ratios
 on a shared machine; the pytest suite and `python -m fastcustom.bench report` remain the
 record.
@@ -15,6 +19,7 @@ import argparse
 import os
 import pathlib
 import random
+import resource
 import statistics
 import sys
 import time
@@ -65,23 +70,28 @@ def main():
         call()
         calls[(kernel, name)] = (call, arrays * inputs.np_true.nbytes)
     times = {key: [] for key in calls}
+    faults = {key: 0 for key in calls}
     order, shuffle = list(calls), random.Random(0).shuffle
     for _ in range(args.rounds):
         shuffle(order)   # a fixed order would give each row the same predecessor's cache state
         for key in order:
             call = calls[key][0]
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             call()
             times[key].append(time.perf_counter() - start)
+            faults[key] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     roof = max(calls[k][1] / statistics.median(times[k]) for k in calls if k[0] == "read")
     print(f"shape [{args.rows}, {args.depth}] float32, {args.rounds} interleaved rounds, "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()}")
-    print("| kernel | implementation | median ms | MB moved | GB/s | of roof |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          f"{os.cpu_count()} cores, load average {os.getloadavg()}, "
+          f"TF_CPU_ALLOCATOR_USE_BFC={os.environ.get('TF_CPU_ALLOCATOR_USE_BFC', '')!r}")
+    print("| kernel | implementation | median ms | MB moved | GB/s | of roof | page faults / call |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for (kernel, name), (call, moved) in calls.items():
         median = statistics.median(times[(kernel, name)])
         print(f"| {kernel} | {name} | {median * 1e3:.3f} | {moved / MB:.0f} | "
-              f"{moved / median / 1e9:.1f} | {moved / median / roof:.0%} |")
+              f"{moved / median / 1e9:.1f} | {moved / median / roof:.0%} | "
+              f"{faults[(kernel, name)] / args.rounds:,.0f} |")
 
 
 if __name__ == "__main__":
