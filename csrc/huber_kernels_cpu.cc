@@ -575,7 +575,8 @@ struct HuberPerSample<CPUDevice, T> {
     const auto threshold = static_cast<Acc<T>>(threshold64);
     if (depth > kChunk) {
       const std::vector<double> sums = LongRowSums(ctx, t, p, rows, depth, threshold, threshold64);
-      for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<T>(sums[r] / static_cast<double>(depth));
+      const double d = static_cast<double>(depth);
+      for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<T>(sums[r] / d);
       return absl::OkStatus();
     }
     const int64_t rows_per_block = std::max<int64_t>(1, kBlock / depth);

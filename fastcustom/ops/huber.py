@@ -197,17 +197,19 @@ def huber_per_sample(y_true, y_pred, threshold=1.0):
 
 
 _MEAN_WITH_GRAD_DTYPES = (tf.float32, tf.float64)
-_EMPTY = {}   # dtype -> the eager empty weights tensor HuberWeightedTotal takes for "none"
 
 
 def _no_weights(dtype):
     """HuberWeightedTotal's weights for "none": made once per dtype in eager mode (not
     captured into graphs)."""
-    if not tf.executing_eagerly():
-        return tf.zeros([0], dtype)
-    if dtype not in _EMPTY:
-        _EMPTY[dtype] = tf.zeros([0], dtype)
-    return _EMPTY[dtype]
+    if tf.executing_eagerly():
+        return _eager_no_weights(dtype)
+    return tf.zeros([0], dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _eager_no_weights(dtype):
+    return tf.zeros([0], dtype)
 
 
 def huber_mean(y_true, y_pred, threshold=1.0):
@@ -243,7 +245,7 @@ def huber_mean(y_true, y_pred, threshold=1.0):
         return _mean_with_recorded_gradient(
             y_true, y_pred, lambda: ops.huber_mean_with_grad(y_true, y_pred, threshold),
             lambda stored, grad: ops.huber_mean_grad(y_true, y_pred, threshold, stored, grad))
-    if tf.executing_eagerly():   # HuberWeightedTotal (no gradient) and one scalar cast
+    if tf.executing_eagerly():   # HuberWeightedTotal (no gradient), then the mean made here
         total, count = ops.huber_weighted_total(y_true, y_pred, threshold,
                                                 _no_weights(y_pred.dtype))
         # total / count in Python's float64, as TensorFlow's, then float32 and float64

@@ -229,7 +229,7 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
     callbacks.on_train_begin()
     training_logs, logs = None, {}
     first_epoch = keras_internals.initial_epoch(model, initial_epoch)
-    loops.plan(train.steps * max(epochs - first_epoch, 0) if train.steps else None)
+    loops.plan(None if train.steps is None else train.steps * max(epochs - first_epoch, 0))
     if isinstance(train, ArrayData) and shuffle:   # a resumed fit shuffles as an uninterrupted one
         for _ in range(first_epoch):
             epoch_order(rng, train.num_samples, shuffle)
