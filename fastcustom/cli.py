@@ -3,14 +3,18 @@
 `fastcustom --help` and argument errors never import TensorFlow (seconds, and C++
 start-up lines on stderr): `import fastcustom` is lazy, and each command imports what
 it runs when it runs, with TensorFlow's C++ INFO/WARNING lines off unless
-TF_CPP_MIN_LOG_LEVEL is set. `python -m fastcustom` runs the same command line.
+TF_CPP_MIN_LOG_LEVEL is set (`import_tensorflow`). `python -m fastcustom` runs the same
+command line.
 """
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
+import re
 import sys
+import threading
 
 PROG = "fastcustom"
 
@@ -124,20 +128,78 @@ def build_parser():
 
 def quiet_tensorflow_logs():
     """TensorFlow's C++ INFO and WARNING lines off (before it is imported), unless the user
-    chose a level with TF_CPP_MIN_LOG_LEVEL."""
+    chose a level with TF_CPP_MIN_LOG_LEVEL. Returns whether the user chose one."""
+    user_level = "TF_CPP_MIN_LOG_LEVEL" in os.environ
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return user_level
+
+
+# What TensorFlow's C++ code writes to stderr while it is imported, before its logging
+# reads TF_CPP_MIN_LOG_LEVEL: absl's note that logging is not initialized yet, and
+# INFO / WARNING records ("I0000 00:00:1796625912.244077  123 port.cc:153] ...": absl's
+# prefix before it is initialized, the seconds since 1970 in place of the time), e.g. oneDNN's
+# "custom operations are on" on CPUs with AVX-512, whatever the level says.
+_START_UP_LINE = re.compile(
+    rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    rb"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.-]+:\d+\] ")
+
+
+@contextlib.contextmanager
+def start_up_lines_dropped():
+    """This process's stderr (file descriptor 2, where C++ writes) through a filter that
+    drops TensorFlow's INFO / WARNING start-up lines and passes every other line on, as
+    it comes: errors, Python warnings, anything else.
+
+    Only the command line uses it, around `import tensorflow` (`import_tensorflow`): a
+    library must not swallow its user's stderr.
+    """
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    stderr = os.dup(2)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward():
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not _START_UP_LINE.match(line):
+                    view = memoryview(line)
+                    while view:
+                        view = view[os.write(stderr, view):]
+
+    forwarder = threading.Thread(target=forward, name="fastcustom-stderr", daemon=True)
+    forwarder.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(stderr, 2)   # the pipe's last write end closed: the forwarder reads to its end
+        forwarder.join()
+        os.close(stderr)
+
+
+def import_tensorflow(user_level):
+    """`import tensorflow` for a command that needs it: its C++ start-up lines dropped
+    unless the user set TF_CPP_MIN_LOG_LEVEL (`user_level`), where they are the user's."""
+    if user_level or "tensorflow" in sys.modules:
+        import tensorflow  # noqa: F401
+        return
+    with start_up_lines_dropped():
+        import tensorflow  # noqa: F401
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    quiet_tensorflow_logs()
+    user_level = quiet_tensorflow_logs()
     if args.command == "info":
+        import_tensorflow(user_level)
         return info()
     if args.command == "demo":
         if args.plot and importlib.util.find_spec("matplotlib") is None:
             parser.exit(2, f"{PROG} demo: --plot needs matplotlib: pip install matplotlib "
                            "(or pip install 'fastcustom[plot]')\n")
+        import_tensorflow(user_level)
         from fastcustom.demo import main as demo_main
         demo_main(epochs=args.epochs, batch_size=args.batch_size, save=args.save, plot=args.plot)
         return 0
@@ -146,6 +208,7 @@ def main(argv=None):
         if missing_packages():
             parser.exit(2, f"{PROG} profile: profiling needs: pip install "
                            f"{' '.join(missing_packages())} (or pip install 'fastcustom[profile]')\n")
+        import_tensorflow(user_level)
         run(args.logdir, steps=args.steps, batch_size=args.batch_size,
             jit_compile=not args.no_jit, top=args.top)
         return 0

@@ -143,12 +143,26 @@ OP_HASH_SCRIPT = textwrap.dedent("""
 """)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--long", action="store_true", default=False,
+                     help="also run the tests marked `long` (minutes each: the fuzzer's CI "
+                          "profile, the wheel and CUDA builds, multi-worker faults); "
+                          ".ci/run runs them after the quick suite")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "needs_ops: skipped where the fused op library is not "
                                        "loaded (library.status() says why)")
+    config.addinivalue_line("markers", "long: minutes of work (builds, long fuzzing, worker "
+                                       "faults): run with --long, as .ci/run does")
 
 
 def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--long"):
+        skip_long = pytest.mark.skip(reason="a long test: run with --long (.ci/run does)")
+        for item in items:
+            if item.get_closest_marker("long"):
+                item.add_marker(skip_long)
     marked = [item for item in items if item.get_closest_marker("needs_ops")]
     if marked:
         from fastcustom.ops import library
