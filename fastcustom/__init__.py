@@ -8,7 +8,9 @@ float64 truth they are tested against; `path_info()` says which path is active.
 `import fastcustom` is lazy (PEP 562): it imports neither TensorFlow nor Keras.
 The first use of a public name imports every component module, which registers
 all of them with Keras's serialization; so does `import fastcustom` when Keras is
-already imported. `fastcustom.reference` stays NumPy only.
+already imported. The accelerated loop (`fastcustom.training`: `accelerate`, `fit`,
+`evaluate`, `predict`) registers nothing and is imported only when one of those is
+first used. `fastcustom.reference` stays NumPy only.
 """
 
 import importlib
@@ -41,25 +43,35 @@ _HOMES = {
     "path_info": ("fastcustom.ops.library", "status"),
     "use_path": "fastcustom.ops.path",
     "L1Regularizer": "fastcustom.regularizers",
-    "accelerate": "fastcustom.training",
-    "evaluate": "fastcustom.training",
-    "fit": "fastcustom.training",
-    "predict": "fastcustom.training",
 }
+# The accelerated loop: no Keras objects to register, imported on first use.
+_LOOP = {name: "fastcustom.training" for name in ("accelerate", "evaluate", "fit", "predict")}
 
-__all__ = sorted(_HOMES)
+__all__ = sorted({**_HOMES, **_LOOP})
+
+
+def _keras_backend():
+    import keras
+    return keras.backend.backend()
 
 
 def _register_components():
-    """Import every module that registers Keras objects (once; Python caches modules)."""
+    """Import every module that registers Keras objects (once; Python caches modules);
+    a clear error when Keras runs on another backend than TensorFlow."""
+    backend = _keras_backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            f"fastcustom runs on Keras's TensorFlow backend, and Keras is using {backend!r}. "
+            "Select TensorFlow before Keras is imported: KERAS_BACKEND=tensorflow in the "
+            'environment, or "backend": "tensorflow" in ~/.keras/keras.json.')
     for home in set(_HOMES.values()):
         importlib.import_module(home if isinstance(home, str) else home[0])
 
 
 def __getattr__(name):
-    if name in _HOMES:
+    if name in _HOMES or name in _LOOP:
         _register_components()
-        home = _HOMES[name]
+        home = _HOMES.get(name) or _LOOP[name]
         module, attribute = (home, name) if isinstance(home, str) else home
         value = getattr(importlib.import_module(module), attribute)
         globals()[name] = value
@@ -73,5 +85,5 @@ def __dir__():
     return sorted(set(globals()) | set(__all__))
 
 
-if "keras" in sys.modules:  # Keras (and TensorFlow) already paid for: register now
-    _register_components()
+if "keras" in sys.modules and _keras_backend() == "tensorflow":
+    _register_components()   # Keras (and TensorFlow) already paid for: register now

@@ -8,6 +8,7 @@ with h, the Huber function of the error, as `fastcustom.reference.huber` states 
 import keras
 import tensorflow as tf
 
+from fastcustom import private_symbols
 from fastcustom._validation import positive_finite
 from fastcustom.ops.huber import huber_mean, huber_per_sample
 
@@ -91,7 +92,7 @@ class HuberLoss(keras.losses.Loss):
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         if (sample_weight is None and self.reduction in ("sum_over_batch_size", "mean")
-                and getattr(y_pred, "_keras_mask", None) is None
+                and private_symbols.keras_mask(y_pred) is None
                 and not tf.distribute.has_strategy()):
             with tf.name_scope(self.name):
                 mean = huber_mean(keras.ops.convert_to_tensor(y_true, dtype=self.dtype),

@@ -11,6 +11,7 @@ large (see tests/test_metrics.py, which streams 10^9 elements).
 import keras
 import tensorflow as tf
 
+from fastcustom import private_symbols
 from fastcustom._validation import positive_finite
 from fastcustom.ops.huber import huber_weighted_total
 from fastcustom.ops.inputs import apply_mask
@@ -40,7 +41,7 @@ class HuberMetric(keras.metrics.Metric):
                                        name="count")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        sample_weight = apply_mask(sample_weight, getattr(y_pred, "_keras_mask", None),
+        sample_weight = apply_mask(sample_weight, private_symbols.keras_mask(y_pred),
                                    self.dtype)
         y_pred = tf.cast(y_pred, self.dtype)
         y_true = tf.cast(y_true, self.dtype)

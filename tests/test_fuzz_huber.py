@@ -187,15 +187,21 @@ def huber_and_gradient(y_true, y_pred, upstream, threshold):
     return loss, tape.gradient(weighted, y_pred)
 
 
+def huber_alone(y_true, y_pred, upstream, threshold):
+    """The forward pass with no tape recording (the eager op path takes other kernels)."""
+    return fastcustom.huber(y_true, y_pred, threshold=threshold), None
+
+
 modes = st.sampled_from(("eager", "function"))
+tapes = st.sampled_from(("tape", "no tape"))
 
 
 # ----------------------------------------------------------------------------
 # The fuzz tests
 # ----------------------------------------------------------------------------
 @FUZZ
-@given(case=cases(), mode=modes, data=st.data())
-def test_huber_and_its_gradient_follow_the_reference(case, mode, data):
+@given(case=cases(), mode=modes, tape=tapes, data=st.data())
+def test_huber_and_its_gradient_follow_the_reference(case, mode, tape, data):
     dtype, y_true, y_pred, threshold = case
     rows = y_pred.shape[:-1]
     upstream = as_dtype(np.random.default_rng(y_true.size).uniform(-2, 2, rows), dtype)
@@ -204,11 +210,14 @@ def test_huber_and_its_gradient_follow_the_reference(case, mode, data):
     for path in PATHS:
         t, p = tf.constant(y_true, dtype), tf.constant(y_pred, dtype)
         with fastcustom.use_path(path):
-            fn = in_mode(mode, path, "huber", huber_and_gradient)
+            fn = in_mode(mode, path, f"huber-{tape}",
+                         huber_and_gradient if tape == "tape" else huber_alone)
             loss, grad = fn(t, p, tf.constant(upstream, tf.float64), threshold)
-        assert loss.dtype == dtype and grad.dtype == dtype
-        assert_matches(loss, expected, dtype, RTOL[dtype], f"{path} huber ({mode})")
-        assert_matches(grad, expected_grad, dtype, RTOL[dtype], f"{path} gradient ({mode})")
+        assert loss.dtype == dtype
+        assert_matches(loss, expected, dtype, RTOL[dtype], f"{path} huber ({mode}, {tape})")
+        if tape == "tape":
+            assert grad is not None and grad.dtype == dtype, f"{path} gradient ({mode}) dropped"
+            assert_matches(grad, expected_grad, dtype, RTOL[dtype], f"{path} gradient ({mode})")
 
 
 _METRICS = {}
@@ -269,33 +278,40 @@ def test_huber_metric_follows_the_reference(case, mode, data):
 _LOSSES = {}
 
 
-def loss_and_gradient(threshold):
-    """(HuberLoss(threshold)(y_true, y_pred, w), its gradient) for one loss object per threshold."""
-    if threshold not in _LOSSES:
-        loss_fn = fastcustom.HuberLoss(threshold=threshold)
+def loss_and_gradient(threshold, loss_dtype, tape):
+    """(HuberLoss(threshold, dtype=loss_dtype)(y_true, y_pred, w), its gradient or None)
+    for one loss object per (threshold, dtype), with a tape recording or none."""
+    key = (threshold, loss_dtype, tape)
+    if key not in _LOSSES:
+        loss_fn = fastcustom.HuberLoss(threshold=threshold, dtype=loss_dtype)
 
         def call(y_true, y_pred, weights):
-            with tf.GradientTape() as tape:
-                tape.watch(y_pred)
+            if tape == "no tape":
+                return loss_fn(y_true, y_pred, sample_weight=weights), None
+            with tf.GradientTape() as recorder:
+                recorder.watch(y_pred)
                 value = loss_fn(y_true, y_pred, sample_weight=weights)
-            return value, tape.gradient(value, y_pred)
-        _LOSSES[threshold] = call
-    return _LOSSES[threshold]
+            return value, recorder.gradient(value, y_pred)
+        _LOSSES[key] = call
+    return _LOSSES[key]
 
 
 @FUZZ
-@given(case=cases(min_rank=2, non_empty=True), mode=modes, data=st.data())
-def test_huber_loss_follows_the_reference(case, mode, data):
-    # Without weights: the exact mean of the per-sample values, rounded once to float32.
-    # With weights, Keras's own rules apply around them: its float32 reduction
-    # (sum(w * loss) / number of per-sample values: inf where that float32 sum
-    # overflows, NaN where partial sums of both signs do) and its weight broadcasting
-    # (weights per row here).
+@given(case=cases(min_rank=2, non_empty=True), mode=modes, tape=tapes, data=st.data())
+def test_huber_loss_follows_the_reference(case, mode, tape, data):
+    # The loss computes in its own dtype: float32 (the default) or the inputs' dtype.
+    # Without weights: the exact mean of the per-sample values, rounded once to it.
+    # With weights, Keras's own rules apply around them: its reduction in the loss's
+    # dtype (sum(w * loss) / number of per-sample values: inf where that sum overflows,
+    # NaN where partial sums of both signs do; in float16 / bfloat16 a rounding per
+    # product and per level of the sum's tree) and its weight broadcasting (weights per
+    # row here).
     dtype, y_true, y_pred, threshold = case
     weights = data.draw(weights_for(y_pred.shape, per_element=False))
-    t, p = as_dtype(y_true, tf.float32), as_dtype(y_pred, tf.float32)  # the loss's dtype
+    loss_dtype = tf.as_dtype(data.draw(st.sampled_from(("float32", dtype.name))))
+    t, p = as_dtype(y_true, loss_dtype), as_dtype(y_pred, loss_dtype)
     exact = reference.huber(t, p, threshold)
-    per_sample = as_dtype(exact, tf.float32)  # Keras weighs these
+    per_sample = as_dtype(exact, loss_dtype)  # Keras weighs these
     w = np.ones(per_sample.shape) if weights is None else np.broadcast_to(
         weights.reshape(weights.shape[:per_sample.ndim]), per_sample.shape)
     with np.errstate(all="ignore"):
@@ -306,23 +322,35 @@ def test_huber_loss_follows_the_reference(case, mode, data):
             expected = np.sum(per_sample * w) / per_sample.size
             mass = np.sum(np.abs(per_sample * w)) / per_sample.size
         upstream = w / per_sample.size
+    if weights is None:
+        rtol = RTOL[loss_dtype] if loss_dtype != tf.float32 else LOSS_RTOL
+    else:
+        rtol = {tf.float32: LOSS_RTOL, tf.float64: 1e-12}.get(
+            loss_dtype, RTOL[loss_dtype] * (3 + np.log2(per_sample.size)))
     expected_grad = reference.huber_grad_pred(t, p, upstream, threshold)
+    top = float(tf.experimental.numpy.finfo(loss_dtype.as_numpy_dtype).max)
     for path in PATHS:
         # One function per rank of y_pred and of the weights: Keras's weighting (loss.py
         # squeeze_or_expand_to_same_rank) cannot take per-sample losses or weights of
         # unknown rank; ours keep dims relaxed.
         ranks = f"{y_pred.ndim}-{None if weights is None else weights.ndim}"
-        fn = in_mode(mode, path, f"loss-{threshold}-{ranks}", loss_and_gradient(threshold))
+        fn = in_mode(mode, path, f"loss-{threshold}-{loss_dtype.name}-{tape}-{ranks}",
+                     loss_and_gradient(threshold, loss_dtype, tape))
         with fastcustom.use_path(path):
             value, grad = fn(tf.constant(y_true, dtype), tf.constant(y_pred, dtype),
                              None if weights is None else tf.constant(weights))
-        what = f"{path} HuberLoss ({mode})"
-        keras_overflow = weights is not None and not (
-            mass * per_sample.size < np.finfo(np.float32).max)
+        what = f"{path} HuberLoss({loss_dtype.name}) on {dtype.name} ({mode}, {tape})"
+        assert value.dtype == loss_dtype, what
+        keras_overflow = weights is not None and not (mass * per_sample.size < top)
         if not (keras_overflow and not np.isfinite(value.numpy())):   # inf, or inf - inf
-            assert_matches(value, expected, tf.float32, LOSS_RTOL, what,
-                           atol=LOSS_RTOL * mass if np.isfinite(mass) else None)
+            assert_matches(value, expected, loss_dtype, rtol, what,
+                           atol=rtol * mass if np.isfinite(mass) else None)
+        if tape == "no tape":
+            continue
+        assert grad is not None and grad.dtype == dtype, f"{what}: the gradient was dropped"
         if np.isfinite(expected):
-            assert_matches(grad, expected_grad, dtype, max(RTOL[dtype], 1e-6), what + " grad",
+            grad_dtype = dtype if dtype.size <= loss_dtype.size else loss_dtype
+            assert_matches(grad, expected_grad, grad_dtype, max(rtol, RTOL[grad_dtype], 1e-6),
+                           what + " grad",
                            atol=1e-6 * np.max(np.abs(upstream) * threshold, initial=0.0)
                            + f32_smallest_normal())

@@ -162,19 +162,46 @@ def test_scalars_of_unknown_rank_in_a_tf_function(path):
         np.testing.assert_allclose(loss(tf.zeros([2, 2]), tf.ones([2, 2])).numpy(), [0.5, 0.5])
 
 
-def test_use_path_rejects_an_unknown_path_and_op_inside_xla():
+def test_use_path_rejects_an_unknown_path():
     with pytest.raises(ValueError, match="must be one of"):
         with fastcustom.use_path("gpu"):
             pass
-    if library.huber_ops() is None:
-        return
+
+
+@pytest.mark.skipif(library.huber_ops() is None, reason="fused op not built")
+@pytest.mark.parametrize("entry", ["huber", "HuberLoss", "HuberMetric"])
+def test_use_path_op_inside_xla_raises_for_every_entry_point(entry):
+    # HuberLoss ran the XLA path silently: its dispatcher checked XLA before use_path.
+    call = {"huber": lambda t, p: fastcustom.huber(t, p),
+            "HuberLoss": lambda t, p: fastcustom.HuberLoss()(t, p),
+            "HuberMetric": lambda t, p: fastcustom.HuberMetric().update_state(t, p)}[entry]
 
     @tf.function(jit_compile=True)
     def compiled(t, p):
-        return fastcustom.huber(t, p)
+        call(t, p)
+        return tf.constant(0.0)
 
     with fastcustom.use_path("op"), pytest.raises(RuntimeError, match="XLA compilation"):
-        compiled(tf.zeros([1, 2]), tf.ones([1, 2]))
+        compiled(tf.zeros([3, 2]), tf.ones([3, 2]))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_narrow_huber_loss_keeps_its_gradient_under_an_eager_tape(path, dtype):
+    # The op path returned the eager no-gradient mean (HuberWeightedTotal) while a tape
+    # recorded: t.gradient(l, p) was None, and in a sum of terms only the others trained.
+    y_true = tf.zeros((4, 1), dtype)
+    prediction = tf.Variable(tf.ones((4, 1), dtype) * 3)
+    other = tf.Variable(1.0)
+    with fastcustom.use_path(path), tf.GradientTape() as tape:
+        loss = fastcustom.HuberLoss(dtype=dtype)(y_true, prediction)
+        total = tf.cast(loss, tf.float32) + other ** 2
+    grads = tape.gradient(total, [prediction, other])
+    expected = reference.huber_grad_pred(np.zeros((4, 1)), np.full((4, 1), 3.0),
+                                         np.full(4, 1 / 4), 1.0)
+    assert grads[0] is not None and grads[0].dtype == dtype
+    np.testing.assert_allclose(tf.cast(grads[0], tf.float64).numpy(), expected)   # [0.25] x 4
+    assert float(grads[1]) == 2.0
 
 
 def test_mydense_casts_integer_inputs_like_keras_dense():

@@ -18,7 +18,7 @@ TensorShape([2, 4])
 import tensorflow as tf
 
 from fastcustom.ops.device import runs_on_cpu
-from fastcustom.ops.xla_context import in_xla_context
+from fastcustom.private_symbols import in_xla_context
 
 
 def dense_forward_tf(x, kernel, bias, activation):

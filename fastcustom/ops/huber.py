@@ -9,20 +9,22 @@ reduction); `huber_weighted_total` is (sum of w * h, sum of w) in float64 for
 the streaming metric. All follow the edge rules written in
 `fastcustom.reference.huber` (exact float64 value rounded once; inf stays inf;
 NaN only where the math is NaN). Each first applies Keras's input rules
-(`fastcustom.ops.inputs`), then pick a path, in this order:
+(`fastcustom.ops.inputs`), then `_path_for` picks one path, the same way for all three:
 
-0. the path forced by `fastcustom.use_path("xla" | "op")`, if any;
-1. inside an XLA compilation: plain TF ops that XLA fuses;
-2. the fused custom op, when its library is loaded and supports the input, and
-   the op runs where the library has kernels: a library built without CUDA
-   kernels takes only tensors that run on the CPU (`fastcustom.ops.device`:
-   placed there, or not placed while TensorFlow sees no GPU), not ones
-   TensorFlow would copy from a GPU;
-3. otherwise the same TF ops compiled with XLA as a `tf.function`.
+1. `fastcustom.use_path("xla")` skips the fused op; under `use_path("op")` a call the
+   fused op cannot serve raises RuntimeError saying why (inside XLA included);
+2. the fused custom op, when its library is loaded and supports the input, outside an
+   XLA compilation, and where the op runs on a device the library has kernels for: a
+   library built without CUDA kernels takes only tensors that run on the CPU
+   (`fastcustom.ops.device`), not ones TensorFlow would copy from a GPU;
+3. inside an XLA compilation (a `jit_compile=True` function): plain TF ops, inline,
+   that XLA fuses;
+4. otherwise the same TF ops as an XLA-compiled `tf.function`.
 
-The TF ops compute in float64 whatever the input dtype, and round once at the
-end: memory-bound, so on a CPU this is as fast as the float32 formula (see
-bench/test_bench_huber.py) and exact to the output dtype at any row length.
+The TF ops compute the value in float64 whatever the input dtype and round once at
+the end (memory-bound, so on a CPU as fast as the float32 formula, and exact to the
+output dtype at any row length); the gradient of the mean is computed in float32 for
+float32 and narrower inputs, in float64 where that overflows (`huber_mean_grad_tf`).
 
 >>> import tensorflow as tf
 >>> round(float(huber_per_sample(tf.constant([[0.0, 1.0]]), tf.constant([[0.6, 0.4]]), 1.0)[0]), 6)
@@ -32,13 +34,12 @@ bench/test_bench_huber.py) and exact to the output dtype at any row length.
 import functools
 
 import tensorflow as tf
-from tensorflow.python.eager import record
 
+from fastcustom import private_symbols
 from fastcustom.ops import library
 from fastcustom.ops.device import runs_on_cpu
 from fastcustom.ops.inputs import broadcast_pair, prepare_pair, standardize_weights
 from fastcustom.ops.path import forced_path
-from fastcustom.ops.xla_context import in_xla_context
 
 _OP_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
@@ -46,11 +47,16 @@ _OP_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 # ----------------------------------------------------------------------------
 # Which path serves a call
 # ----------------------------------------------------------------------------
+# Where a call runs: the fused op, TF ops inline in an XLA compilation, or those TF ops
+# as an XLA-compiled tf.function.
+OP, INLINE, COMPILED = "op", "inline", "compiled"
+
+
 def _why_not_fused(tensor):
     """None when the fused op may take `tensor`, else the reason it may not."""
     if library.huber_ops() is None:
         return f"the op library is not loaded ({library.status()['reason']})"
-    if in_xla_context():
+    if private_symbols.in_xla_context():
         return "inside an XLA compilation custom ops cannot run"
     if tensor.dtype not in _OP_DTYPES:
         return f"no fused kernel for {tensor.dtype.name}"
@@ -59,22 +65,22 @@ def _why_not_fused(tensor):
     return None
 
 
-def _fused_ops_for(tensor):
-    """The op module when the fused path takes `tensor`, else None (`use_path` first)."""
+def _path_for(tensor):
+    """(OP, the op module) when the fused op serves a call on `tensor`, else (INLINE or
+    COMPILED, None); under `use_path("op")` a RuntimeError when the op cannot serve it."""
     forced = forced_path()
-    if forced == "xla":
-        return None
-    reason = _why_not_fused(tensor)
-    if reason is None:
-        return library.huber_ops()
-    if forced == "op":
-        raise RuntimeError(f"fastcustom.use_path('op'): the fused op cannot serve this call: "
-                           f"{reason}.")
-    return None
+    if forced != "xla":
+        reason = _why_not_fused(tensor)
+        if reason is None:
+            return OP, library.huber_ops()
+        if forced == "op":
+            raise RuntimeError(f"fastcustom.use_path('op'): the fused op cannot serve this "
+                               f"call: {reason}.")
+    return (INLINE if private_symbols.in_xla_context() else COMPILED), None
 
 
 # ----------------------------------------------------------------------------
-# The XLA-friendly math, in float64 for every input dtype
+# The XLA-friendly math: values in float64 for every input dtype
 # ----------------------------------------------------------------------------
 def huber_elementwise_tf(y_true, y_pred, threshold):
     """h(y_true - y_pred) per element in float64, as q (|e| - q/2), q = min(|e|, t).
@@ -187,11 +193,11 @@ def _eager_threshold(hex_value):
 def huber_per_sample(y_true, y_pred, threshold=1.0):
     """Per-sample Huber loss `mean(h(y_true - y_pred), axis=-1)`, shape `y_pred.shape[:-1]`."""
     y_true, y_pred = prepare_pair(y_true, y_pred)
-    ops = _fused_ops_for(y_pred)
-    if ops is not None:
+    path, ops = _path_for(y_pred)
+    if path == OP:
         y_true, y_pred = broadcast_pair(y_true, y_pred)
         return ops.huber_per_sample(y_true, y_pred, _threshold(threshold))
-    if in_xla_context():
+    if path == INLINE:
         return huber_per_sample_tf(y_true, y_pred, threshold)
     return _huber_per_sample_xla(y_true, y_pred, _threshold(threshold))
 
@@ -222,35 +228,39 @@ def huber_mean(y_true, y_pred, threshold=1.0):
     inputs once and writes d mean / d y_pred beside the mean: the fused op
     HuberMeanWithGrad (float32 and float64 on the CPU), else one XLA-compiled
     function. The tape's backward pass then only scales that stored gradient by the
-    upstream scalar. A forward pass nobody differentiates writes no gradient (eagerly
-    on the op path: HuberWeightedTotal's float64 total / count). Elsewhere (`tf.gradients` in a graph, a `tf.function` differentiated from
-    outside) the per-sample op and its gradient kernel serve on the op path.
+    upstream scalar. Other dtypes and devices on the op path take the per-sample op,
+    whose registered gradient the tape runs. A forward pass nobody differentiates
+    writes no gradient (eagerly on the op path: HuberWeightedTotal's float64
+    total / count). Elsewhere (`tf.gradients` in a graph, a `tf.function`
+    differentiated from outside) the per-sample op and its gradient kernel serve on
+    the op path.
     """
     y_true, y_pred = prepare_pair(y_true, y_pred)
     if y_pred.shape.rank is None or y_pred.shape.rank < 2 or 0 in y_pred.shape:
         return None
-    if in_xla_context():   # whatever use_path says: custom ops cannot run here
+    path, ops = _path_for(y_pred)
+    if path == INLINE:
         return huber_mean_tf(y_true, y_pred, threshold)
-    ops = _fused_ops_for(y_pred)
-    recording = record.should_record_backprop([y_true, y_pred])
+    recording = private_symbols.should_record([y_true, y_pred])
     threshold = _threshold(threshold)
-    if ops is None:
+    if path == COMPILED:
         if recording:
             return _mean_with_recorded_gradient(
-                y_true, y_pred, lambda: _huber_mean_with_grad_xla(y_true, y_pred, threshold),
+                y_true, y_pred, lambda t, p: _huber_mean_with_grad_xla(t, p, threshold),
                 lambda stored, grad: _scaled(y_true, y_pred, threshold, stored, grad))
         return _huber_mean_xla(y_true, y_pred, threshold)
     y_true, y_pred = broadcast_pair(y_true, y_pred)
     if recording and y_pred.dtype in _MEAN_WITH_GRAD_DTYPES and runs_on_cpu(y_pred):
         return _mean_with_recorded_gradient(
-            y_true, y_pred, lambda: ops.huber_mean_with_grad(y_true, y_pred, threshold),
+            y_true, y_pred, lambda t, p: ops.huber_mean_with_grad(t, p, threshold),
             lambda stored, grad: ops.huber_mean_grad(y_true, y_pred, threshold, stored, grad))
-    if tf.executing_eagerly():   # HuberWeightedTotal (no gradient), then the mean made here
+    if not recording and tf.executing_eagerly():
+        # HuberWeightedTotal (no gradient), then the mean made here: total / count in
+        # Python's float64, as TensorFlow's, then float32 and float64 rounded by
+        # tf.constant as by tf.cast: no scalar kernels after the op, each of which
+        # measured 0.3 ms while the op's worker threads still spin
         total, count = ops.huber_weighted_total(y_true, y_pred, threshold,
                                                 _no_weights(y_pred.dtype))
-        # total / count in Python's float64, as TensorFlow's, then float32 and float64
-        # rounded by tf.constant as by tf.cast: no scalar kernels after the op, each of
-        # which measured 0.3 ms while the op's worker threads still spin
         mean = float(total) / float(count)
         if y_pred.dtype in (tf.float32, tf.float64):
             return tf.constant(mean, y_pred.dtype)
@@ -264,15 +274,15 @@ def _scaled(y_true, y_pred, threshold, stored, grad):
     differentiated directly); recomputed from the inputs, differentiably, while an
     outer tape records them (second derivatives)."""
     grad = tf.cast(grad, stored.dtype)
-    if record.should_record_backprop([y_true, y_pred]):
+    if private_symbols.should_record([y_true, y_pred]):
         return huber_mean_grad_tf(y_true, y_pred, threshold) * grad
     return tf.cond(tf.equal(grad, 1), lambda: stored, lambda: stored * grad)
 
 
 def _mean_with_recorded_gradient(y_true, y_pred, mean_and_stored, scale):
-    """The mean of `mean_and_stored()` = (mean, d mean / d y_pred), run unrecorded, then
-    recorded on the tapes as a function of y_true and y_pred whose backward pass is
-    `scale(stored, upstream)`.
+    """The mean of `mean_and_stored(y_true, y_pred)` = (mean, d mean / d y_pred), run
+    unrecorded, then recorded on the tapes as a function of y_true and y_pred whose
+    backward pass is `scale(stored, upstream)`.
 
     Recorded as an op with two outputs, the stored gradient would be an output the
     tape fills with zeros of y_pred's shape on every eager backward pass (a full
@@ -280,17 +290,15 @@ def _mean_with_recorded_gradient(y_true, y_pred, mean_and_stored, scale):
     when the upstream is 1 (HuberMeanGrad and `_scaled` return it as is). The fused op's
     registered gradient still serves `tf.gradients` in a graph.
     """
-    with record.stop_recording():
-        mean, stored = mean_and_stored()
-    watched = [i for i, x in enumerate((y_true, y_pred)) if record.should_record_backprop([x])]
+    mean, stored = private_symbols.unrecorded(mean_and_stored, y_true, y_pred)
+    watched = [i for i, x in enumerate((y_true, y_pred)) if private_symbols.should_record([x])]
 
     def backward(grad):
         grad_pred = scale(stored, grad)
         return [grad_pred if i == 1 else -grad_pred for i in watched]
 
-    record.record_operation("FastCustom>HuberMeanWithGrad", [mean],
-                            [(y_true, y_pred)[i] for i in watched], backward)
-    return mean
+    return private_symbols.record_gradient("FastCustom>HuberMeanWithGrad", mean,
+                                           [(y_true, y_pred)[i] for i in watched], backward)
 
 
 def huber_weighted_total(y_true, y_pred, threshold=1.0, sample_weight=None):
@@ -303,11 +311,10 @@ def huber_weighted_total(y_true, y_pred, threshold=1.0, sample_weight=None):
     weights, per_row = None, False
     if sample_weight is not None:
         weights, per_row = standardize_weights(sample_weight, y_pred)
-    ops = _fused_ops_for(y_pred)
-    if ops is not None:
+    path, ops = _path_for(y_pred)
+    if path == OP:
         flat = _no_weights(y_pred.dtype) if weights is None else tf.reshape(weights, [-1])
         return ops.huber_weighted_total(y_true, y_pred, _threshold(threshold), flat)
-    if in_xla_context():
+    if path == INLINE:
         return huber_weighted_total_tf(y_true, y_pred, threshold, weights, per_row)
     return _huber_weighted_total_xla(y_true, y_pred, _threshold(threshold), weights, per_row)
-
