@@ -150,11 +150,31 @@ def pytest_addoption(parser):
                           ".ci/run runs them after the quick suite")
 
 
+def _load_hypothesis_profile(config):
+    """The fuzzer's examples (tests/test_fuzz_huber.py): a quick derandomized run, 1,000 per
+    test with --long (CI), or HYPOTHESIS_PROFILE=nightly's 5,000 with fresh randomness."""
+    from hypothesis import HealthCheck, settings
+
+    common = dict(deadline=None, print_blob=True,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    examples = os.environ.get("FUZZ_EXAMPLES")
+    settings.register_profile("fastcustom-quick", max_examples=int(examples or 60),
+                              derandomize=True, **common)
+    settings.register_profile("fastcustom-ci", max_examples=int(examples or 1000),
+                              derandomize=True, **common)
+    settings.register_profile("nightly", max_examples=5000, **common)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or (
+        "fastcustom-ci" if config.getoption("--long") else "fastcustom-quick"))
+
+
 def pytest_configure(config):
+    _load_hypothesis_profile(config)
     config.addinivalue_line("markers", "needs_ops: skipped where the fused op library is not "
                                        "loaded (library.status() says why)")
-    config.addinivalue_line("markers", "long: minutes of work (builds, long fuzzing, worker "
-                                       "faults): run with --long, as .ci/run does")
+    config.addinivalue_line("markers", "long: minutes of work (builds, worker faults): run "
+                                       "with --long, as .ci/run does")
+    config.addinivalue_line("markers", "fuzz: the differential fuzzer: a quick profile, or "
+                                       "the CI profile with --long")
 
 
 def pytest_collection_modifyitems(config, items):

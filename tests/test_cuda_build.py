@@ -18,7 +18,8 @@ runtime in statically with its symbols hidden. The library must then
   behind the one the loader is told of, so TensorFlow runs the call on the CPU),
   warn once and report `gpu: False`, keeping its CPU kernels.
 
-Skipped where nvcc is missing, unless FASTCUSTOM_REQUIRE_NVCC=1 (CI).
+Long (a build of about a minute): run with `pytest --long`, as CI does. Skipped where nvcc
+is missing, unless FASTCUSTOM_REQUIRE_NVCC=1 (CI).
 """
 
 import os
@@ -34,6 +35,8 @@ from fastcustom.ops import library
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / ".ci"))
 from fatbin_archs import fatbin_entries  # noqa: E402
+
+pytestmark = pytest.mark.long
 
 STATUS_SCRIPT = "import json; from fastcustom.ops import library; print(json.dumps(library.status()))"
 # The loader as on a GPU machine: TensorFlow says it sees a GPU (it has none here).

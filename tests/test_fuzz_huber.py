@@ -9,10 +9,11 @@ the mode (eager, or inside a shared `tf.function(reduce_retracing=True)` whose
 shapes relax to unknown dims and ranks as examples arrive). The edge rules are the
 reference's (`fastcustom.reference.huber`'s docstring).
 
-Profiles (HYPOTHESIS_PROFILE env var): the default "fastcustom-ci" runs 3,000
-examples (1,000 per test, FUZZ_EXAMPLES to change that), derandomized, so CI is
-reproducible; "nightly" (HYPOTHESIS_PROFILE=nightly pytest tests/test_fuzz_huber.py)
-runs 5,000 per test with fresh randomness and prints the seed of any failure.
+Profiles (registered in tests/conftest.py): `pytest tests` runs "fastcustom-quick", 60
+examples per test, derandomized; `pytest tests --long` (CI) "fastcustom-ci", 1,000 per test,
+derandomized, so CI is reproducible (FUZZ_EXAMPLES changes either count);
+HYPOTHESIS_PROFILE=nightly runs 5,000 per test with fresh randomness and prints the seed of
+any failure.
 
 Tolerances, relative to the float64 reference on the inputs as given, and why:
   per-sample values (returned in the input dtype): one rounding to the dtype plus the
@@ -30,7 +31,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import fastcustom
@@ -38,19 +39,12 @@ from fastcustom import reference
 from fastcustom.ops import library
 
 pytestmark = [
+    pytest.mark.fuzz,
     pytest.mark.filterwarnings("ignore::RuntimeWarning"),
     pytest.mark.skipif(library.huber_ops() is None,
                        reason=f"the fused op is needed to compare paths: "
                               f"{library.status()['reason']}"),
 ]
-
-_COMMON = dict(deadline=None, print_blob=True,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("fastcustom-ci", max_examples=int(os.environ.get("FUZZ_EXAMPLES", 1000)),
-                          derandomize=True, **_COMMON)
-settings.register_profile("nightly", max_examples=5000, **_COMMON)
-FUZZ = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE") == "nightly"
-                            and "nightly" or "fastcustom-ci")
 
 PATHS = ("op", "xla")
 DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
@@ -199,7 +193,6 @@ tapes = st.sampled_from(("tape", "no tape"))
 # ----------------------------------------------------------------------------
 # The fuzz tests
 # ----------------------------------------------------------------------------
-@FUZZ
 @given(case=cases(), mode=modes, tape=tapes, data=st.data())
 def test_huber_and_its_gradient_follow_the_reference(case, mode, tape, data):
     dtype, y_true, y_pred, threshold = case
@@ -240,7 +233,6 @@ def metric_updater(mode, path, threshold, dtype, weighted):
     return update
 
 
-@FUZZ
 @given(case=cases(), mode=modes, data=st.data())
 def test_huber_metric_follows_the_reference(case, mode, data):
     dtype, y_true, y_pred, threshold = case
@@ -296,7 +288,6 @@ def loss_and_gradient(threshold, loss_dtype, tape):
     return _LOSSES[key]
 
 
-@FUZZ
 @given(case=cases(min_rank=2, non_empty=True), mode=modes, tape=tapes, data=st.data())
 def test_huber_loss_follows_the_reference(case, mode, tape, data):
     # The loss computes in its own dtype: float32 (the default) or the inputs' dtype.

@@ -4,7 +4,8 @@ TensorFlow that no longer matches the library (the XLA path, one message, `fastc
 The README's one-command install (`pip install ".[cpu,test]"`, build isolation on) is how CI
 makes its fresh environment: `test_the_installed_package_runs_the_fused_op` checks what it
 built there. `test_python_m_build_wheel_...` builds a wheel with `python -m build` and installs
-it into a fresh virtual environment (minutes: set FASTCUSTOM_TEST_INSTALL=1, as .ci/run does).
+it into a fresh virtual environment (minutes: a `long` test, run with `pytest --long` as .ci/run
+does).
 """
 
 import json
@@ -27,9 +28,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 REQUIRE_OPS = os.environ.get("FASTCUSTOM_REQUIRE_OPS") == "1"
 requires_ops = pytest.mark.skipif(
     not REQUIRE_OPS, reason="set FASTCUSTOM_REQUIRE_OPS=1 where the op library must be built (CI)")
-installs = pytest.mark.skipif(
-    os.environ.get("FASTCUSTOM_TEST_INSTALL") != "1",
-    reason="set FASTCUSTOM_TEST_INSTALL=1 to build a wheel and install it into a fresh environment")
 
 STATUS_AND_HUBER = """
 import json, fastcustom
@@ -109,7 +107,7 @@ def _wheel_member(wheel, suffix):
     return wheel.read(name)
 
 
-@installs
+@pytest.mark.long
 def test_python_m_build_wheel_carries_the_op_and_a_tensorflow_change_is_rebuilt(tmp_path):
     """`python -m build`: an sdist, then a wheel from it in an isolated build environment;
     the wheel into a fresh venv with `[cpu]`; then the installed library's record made to
