@@ -8,6 +8,7 @@ and compares the history (keys and values, 1e-5 relative), the final weights
 
 import csv
 import glob
+import importlib
 import json
 import os
 import zipfile
@@ -449,14 +450,19 @@ def test_bad_input_is_refused_before_anything_compiles():
     assert "_fastcustom_loops" not in vars(ours)
 
 
-def test_the_keras_internals_we_call_exist():
+@pytest.mark.parametrize("symbol", keras_internals.PRIVATE_SYMBOLS)
+def test_every_private_keras_symbol_the_loop_uses_exists(symbol):
+    module, _, name = symbol.rpartition(".")
+    assert hasattr(importlib.import_module(module), name), symbol
+
+
+def test_the_private_model_attributes_the_loop_uses_exist():
     model = regressor()
     model.compile(optimizer="sgd", loss="mse")
-    for name in ("_compile_loss", "_compile_metrics", "_assert_compile_called",
-                 "_symbolic_build", "_should_eval", "_initial_epoch",
-                 "_flatten_metrics_in_order", "_flatten_layers"):
+    for name in keras_internals.MODEL_ATTRIBUTES:
         assert hasattr(model, name), name
     assert keras_internals.overrides(model, "train_step") is False
-    assert keras_internals.profiles_batches(keras.callbacks.TensorBoard(profile_batch=3))
+    assert keras_internals.profile_window(keras.callbacks.TensorBoard(profile_batch=3)) == (3, 3)
+    assert keras_internals.profile_window(keras.callbacks.TensorBoard()) is None
     assert not keras_internals.multi_worker(model.distribute_strategy)
-    assert os.path.exists(keras_internals.__file__)
+    assert keras_internals.supports_xla(model)

@@ -74,26 +74,25 @@ def test_two_steps_per_iteration_match_the_eager_reference_loop(steps_per_call, 
     np.testing.assert_allclose(history.history["loss"], expected["loss"], rtol=1e-5)
 
 
-def test_only_small_steps_in_long_fits_are_unrolled(small_regressor):
+def test_only_small_steps_in_long_fits_are_unrolled_decided_per_fit(small_regressor):
     loop = fastcustom.training.loop
     wide = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(1024)])
     loops = {name: loop.CompiledLoops(model, jit_compile)
              for name, model, jit_compile in
              [("small", small_regressor(), "auto"), ("wide", wide, "auto"),
-              ("graph", small_regressor(), False), ("short fit", small_regressor(), "auto"),
-              ("unknown length", small_regressor(), "auto")]}
+              ("graph", small_regressor(), False), ("unknown length", small_regressor(), "auto")]}
     assert loops["small"].steps_per_iteration(32) == 1   # no fit planned yet
     for name in ("small", "wide", "graph"):
-        loops[name].plan(0)                                # runs no step: decides nothing
         loops[name].plan(loop.UNROLL_AFTER_STEPS)
-    loops["short fit"].plan(loop.UNROLL_AFTER_STEPS - 1)
-    loops["short fit"].plan(10 * loop.UNROLL_AFTER_STEPS)  # the first fit decided
     loops["unknown length"].plan(None)
     assert loops["small"].steps_per_iteration(32) == 2
     assert loops["wide"].steps_per_iteration(32) == 1  # 1M parameters
     assert loops["graph"].steps_per_iteration(32) == 1
-    assert loops["short fit"].steps_per_iteration(32) == 1
     assert loops["unknown length"].steps_per_iteration(32) == 1
+    loops["small"].plan(loop.UNROLL_AFTER_STEPS - 1)     # each fit decides for itself
+    assert loops["small"].steps_per_iteration(32) == 1
+    loops["small"].plan(10 * loop.UNROLL_AFTER_STEPS)
+    assert loops["small"].steps_per_iteration(32) == 2
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,21 @@
 """`fit`, `evaluate` and `predict`: Keras's, with many steps per compiled call.
 
 Everything but the loop is Keras's: the step (`model.train_step`, `test_step`,
-`predict_step`, so the compiled loss and metrics and any override), the
-callbacks (`keras.callbacks.CallbackList`, with the `History` and progress bar
-`model.fit` adds), the data adapters, `validation_split`, `class_weight` and
-`BackupAndRestore`'s resumed epoch. The loop is ours: the data sit on the
-device (or arrive `steps_per_call` batches at a time from a stream) and one
-XLA-compiled call runs a whole epoch, or `steps_per_call` steps when a
-callback wants to see batches. Batch hooks run once per call with that call's
-logs and first and last step, as Keras does with `steps_per_execution`;
+`predict_step`, so the compiled loss and metrics and any override), the callbacks
+(`keras.callbacks.CallbackList`, with the `History` and progress bar `model.fit`
+adds), the data adapters and their epoch bookkeeping, `validation_split`,
+`class_weight` and `BackupAndRestore`'s resumed epoch. The loop is ours: the data
+sit on the device (or arrive `steps_per_call` batches at a time from a stream, read
+as Keras reads it) and one compiled call runs a whole epoch, or `steps_per_call`
+steps when a callback wants to see batches. Batch hooks run once per call with that
+call's logs and first and last step, as Keras does with `steps_per_execution`;
 `model.stop_training` is honoured at the next call.
 
-What the loop cannot do (run eagerly, `shuffle="batch"`, arrays with a
-`steps_per_epoch`, streams whose batches change shape past the batch axis,
-several workers) goes to Keras's own method, with a warning saying why, once.
+Each method first decides whether the loop can run the call (else Keras's own
+method runs it, with a warning saying why, once: eager models, `shuffle="batch"`,
+arrays with `steps_per_epoch`, streams whose batches change shape past the batch
+axis or under several replicas, sparse or ragged inputs), then prepares the data
+and callbacks, then runs the epochs.
 """
 
 import numbers
@@ -25,11 +27,17 @@ import tensorflow as tf
 
 from fastcustom.distributed.callbacks import for_this_worker
 from fastcustom.training import keras_internals
-from fastcustom.training.data import ArrayData, StreamData, epoch_order, window_steps
 from fastcustom.training.loop import compiled_loops
+from fastcustom.training.sources import ArraySource, StreamSource, epoch_order, shuffle_rng
 
 # Steps per call when a callback has batch hooks and the model's `steps_per_execution` is 1.
 DEFAULT_STEPS_PER_CALL = 32
+
+# Keras's `fit` arguments, in its order: what a call handed back to Keras receives.
+FIT_ARGUMENTS = ("x", "y", "batch_size", "epochs", "verbose", "callbacks", "validation_split",
+                 "validation_data", "shuffle", "class_weight", "sample_weight", "initial_epoch",
+                 "steps_per_epoch", "validation_steps", "validation_batch_size",
+                 "validation_freq")
 
 # Callbacks whose batch hooks are Keras's bookkeeping, not a user's: they don't need calls
 # shorter than an epoch.
@@ -76,38 +84,18 @@ def _compile_if_asked(model, loss, optimizer, metrics):
     object.__setattr__(model, "_fastcustom_compiled_for", (key, id(model.optimizer)))
 
 
-def _has_batch_hooks(callback, kind):
-    """Whether `callback` does anything in its `kind` ("train", "test") batch hooks."""
-    if isinstance(callback, _EPOCH_LEVEL):
-        return False
-    if getattr(callback, "save_freq", None) == "epoch":  # ModelCheckpoint, BackupAndRestore
-        return False
-    if isinstance(callback, keras.callbacks.TensorBoard):
-        return callback.update_freq != "epoch" or keras_internals.profiles_batches(callback)
-    hooks = [f"on_{kind}_batch_begin", f"on_{kind}_batch_end"]
-    if kind == "train":
-        hooks += ["on_batch_begin", "on_batch_end"]
-    return not all(keras_internals.is_default(getattr(callback, hook)) for hook in hooks)
-
-
-def _steps_per_call(model, steps_per_call, callbacks, kind):
-    """Steps per call: as asked; else the epoch, or 32 (or `steps_per_execution`) when a
-    callback has batch hooks."""
-    if steps_per_call is not None:
-        return _check_int(steps_per_call, "steps_per_call", 1)
-    if any(_has_batch_hooks(cb, kind) for cb in callbacks.callbacks):
-        return max(model.steps_per_execution, DEFAULT_STEPS_PER_CALL) \
-            if model.steps_per_execution > 1 else DEFAULT_STEPS_PER_CALL
-    return None
+# -- deciding: run here, or hand back to Keras ------------------------------------------
+def _is_arrays(*data):
+    return keras_internals.can_convert_arrays(data)
 
 
 def _why_not(model, x, shuffle=False, steps=None):
-    """Why the compiled loop can't run this call (a string), or None when it can."""
+    """Why the compiled loop can't run a call on `x` (a string), or None when it can."""
     if model.run_eagerly:
         return "the model runs eagerly (compile(run_eagerly=True))"
     if shuffle == "batch":
         return "shuffle='batch'"
-    is_array = keras_internals.can_convert_arrays((x,))
+    is_array = _is_arrays(x)
     if keras_internals.multi_worker(model.distribute_strategy) and not is_array:
         # Keras's own fit fails under several workers (keras-team/keras#20585): no hand-back.
         raise ValueError("fastcustom trains on several workers (MultiWorkerMirroredStrategy) "
@@ -115,45 +103,131 @@ def _why_not(model, x, shuffle=False, steps=None):
                          f"{type(x).__name__}. Pass the arrays (the same on every worker).")
     if is_array and steps is not None:
         return "arrays with `steps` / `steps_per_epoch` (Keras continues across epochs)"
+    if not is_array and model.distribute_strategy.num_replicas_in_sync > 1:
+        return "a stream under several replicas (Keras splits its batches)"
     if any(isinstance(t, (tf.SparseTensor, tf.RaggedTensor)) for t in tf.nest.flatten(x)):
         return "sparse or ragged inputs"
     return None
 
 
-def _data(x, y, sample_weight, batch_size, steps, shuffle, class_weight, window, what):
-    """ArrayData for arrays, StreamData for the rest; with the reason a stream can't run."""
+def _fit_hand_back(model, arguments):
+    """Why `fit` goes to Keras's own (a string), or None."""
+    reason = _why_not(model, arguments["x"], arguments["shuffle"], arguments["steps_per_epoch"])
+    if reason is None and arguments["validation_data"] is not None:
+        val_x = keras_internals.unpack_x_y_sample_weight(arguments["validation_data"])[0]
+        reason = _why_not(model, val_x, steps=arguments["validation_steps"])
+    return reason
+
+
+def _keras_fit(model, reason, arguments):
+    """Keras's own `fit` for a call the compiled loop can't run, saying why once."""
+    _say_once(f"fastcustom: fit runs as Keras's own model.fit: {reason}.")
+    return type(model).fit(model, **arguments)
+
+
+# -- preparing: callbacks, steps per call, data -----------------------------------------
+def _has_batch_hooks(callback, kind):
+    """Whether `callback` does anything in its `kind` ("train", "test", "predict") batch hooks."""
+    if isinstance(callback, _EPOCH_LEVEL):
+        return False
+    if getattr(callback, "save_freq", None) == "epoch":  # ModelCheckpoint, BackupAndRestore
+        return False
+    if isinstance(callback, keras.callbacks.TensorBoard):
+        return (kind == "train" and callback.update_freq != "epoch") \
+            or keras_internals.profile_window(callback) is not None
+    hooks = [f"on_{kind}_batch_begin", f"on_{kind}_batch_end"]
+    if kind == "train":
+        hooks += ["on_batch_begin", "on_batch_end"]
+    return not all(keras_internals.is_default(getattr(callback, hook)) for hook in hooks)
+
+
+def _callback_objects(callbacks):
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        return callbacks.callbacks
+    return list(callbacks or [])
+
+
+def _steps_per_call(model, steps_per_call, callbacks, kind):
+    """Steps per call: as asked; else None (the epoch), or 32 (or `steps_per_execution`)
+    when a callback has `kind` batch hooks."""
+    if steps_per_call is not None:
+        return _check_int(steps_per_call, "steps_per_call", 1)
+    if any(_has_batch_hooks(cb, kind) for cb in _callback_objects(callbacks)):
+        return max(model.steps_per_execution, DEFAULT_STEPS_PER_CALL)
+    return None
+
+
+def _source(model, x, y, sample_weight, batch_size, steps, shuffle, class_weight, per_call,
+            what):
+    """ArraySource for arrays, StreamSource (read `per_call` batches at a time) for the rest."""
     if batch_size is not None:
         _check_int(batch_size, "validation_batch_size" if what == "validation data"
                    else "batch_size", 1)
-    if keras_internals.can_convert_arrays((x, y, sample_weight)):
-        data = ArrayData(x, y, sample_weight, batch_size, class_weight, what)
-        if data.num_samples == 0:
-            raise ValueError(f"The {what} is empty: it has 0 samples.")
-        return data
-    return StreamData(x, y, sample_weight, batch_size, steps, shuffle, class_weight,
-                      window or DEFAULT_STEPS_PER_CALL)
+    if _is_arrays(x, y, sample_weight):
+        with model.distribute_strategy.scope():
+            return ArraySource(x, y, sample_weight, batch_size, class_weight, what,
+                               model.distribute_strategy)
+    return StreamSource(x, y, sample_weight, batch_size, steps, shuffle, class_weight,
+                        per_call or DEFAULT_STEPS_PER_CALL)
 
 
-def _chunks(source, rng, shuffle, strategy, steps_per_call):
-    """One epoch of `source` as compiled calls: (full, start, stop, tail)."""
-    if isinstance(source, ArrayData):
-        return source.chunks(epoch_order(rng, source.num_samples, shuffle), strategy,
-                             steps_per_call)
-    return source.epoch_chunks()
+def _callback_list(model, callbacks, verbose, steps, add_history=False, epochs=1):
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        return callbacks
+    return keras.callbacks.CallbackList(callbacks, add_history=add_history,
+                                        add_progbar=verbose != 0, verbose=verbose,
+                                        epochs=epochs, steps=steps, model=model)
 
 
-def _run_chunks(run, chunks, callbacks, kind, stop_attribute, model):
-    """Each chunk through `run`, with the batch hooks Keras calls per execution."""
-    logs, done = {}, 0
-    for full, start, stop, tail in chunks:
-        steps = stop - start + (tail is not None)
-        getattr(callbacks, f"on_{kind}_batch_begin")(done)
-        logs = run(full, start, stop, tail)
-        done += steps
-        getattr(callbacks, f"on_{kind}_batch_end")(done - 1, logs)
-        if getattr(model, stop_attribute, False):
-            break
-    return logs
+def _build(model, batch, compiled=True):
+    """Build the model (and its compiled loss, metrics, optimizer) from a batch, as fit does."""
+    if compiled:
+        keras_internals.symbolic_build(model, batch)
+    elif not model.built:
+        model(keras_internals.unpack_x_y_sample_weight(batch)[0], training=False)
+
+
+# -- running: the epochs ------------------------------------------------------------------
+def _epoch(model, loops_of, kind, source, calls, callbacks, stop_attribute, build=None):
+    """One epoch of `kind` calls with the batch hooks Keras calls per execution: the
+    last call's logs (train, test) or the outputs of each call (predict). `build(batch)`
+    runs before the first call, with its first batch (a stream's model is built from
+    the first batch read, as Keras builds it when its step is traced); `loops_of()`
+    gives the model's compiled loops, once it is built."""
+    logs, outputs, loops = {}, [], None
+    begin = getattr(callbacks, f"on_{kind}_batch_begin")
+    end = getattr(callbacks, f"on_{kind}_batch_end")
+    with source.catch_stop_iteration():
+        for call in calls:
+            if build is not None:
+                build(call.first_batch())
+                build = None
+            loops = loops or loops_of()
+            begin(call.step)
+            result = loops.run(kind, call)
+            if kind == "predict":
+                outputs.append(result)
+                end(call.step + call.steps - 1, {"outputs": result})
+            else:
+                logs = result
+                end(call.step + call.steps - 1, logs)
+            if getattr(model, stop_attribute, False):
+                break
+        if getattr(source, "ran_out", False):
+            raise StopIteration
+    return outputs if kind == "predict" else logs
+
+
+def _builder(model, source, compiled=True):
+    """What builds the model for `source`: now for arrays (None returned), else a function
+    of the first batch read."""
+    def build(batch):
+        _build(model, batch, compiled)
+
+    if isinstance(source, ArraySource):
+        build(source.first_batch())
+        return None
+    return build
 
 
 def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
@@ -172,12 +246,14 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
             (loss-scaled under mixed precision), `metrics` and
             `weighted_metrics`.
         seed: makes the shuffling of array data reproducible
-            (`np.random.default_rng(seed).permutation(n)` per epoch).
+            (`np.random.default_rng(seed).permutation(n)` per epoch); without it
+            the shuffling draws from Python's `random`, which
+            `keras.utils.set_random_seed` seeds.
         steps_per_call: steps per compiled call. Default: the whole epoch, or
             32 when a callback has batch-level hooks (the model's
             `steps_per_execution` when larger).
-        jit_compile: "auto" (XLA when every layer supports it, falling back
-            once to a graph if XLA can't compile the step), True or False.
+        jit_compile: "auto" (XLA when Keras says the model supports it, falling
+            back once to a graph if XLA can't compile the step), True or False.
 
     Returns:
         The `keras.callbacks.History`, as `model.fit` returns it.
@@ -186,69 +262,68 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
     >>> history = fastcustom.fit(model, x, y, loss=fastcustom.HuberLoss(), optimizer="nadam",
     ...                          metrics=[fastcustom.HuberMetric()], epochs=10, seed=0)
     """
+    arguments = dict(x=x, y=y, batch_size=batch_size, epochs=epochs, verbose=verbose,
+                     callbacks=callbacks, validation_split=validation_split,
+                     validation_data=validation_data, shuffle=shuffle,
+                     class_weight=class_weight, sample_weight=sample_weight,
+                     initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                     validation_steps=validation_steps,
+                     validation_batch_size=validation_batch_size,
+                     validation_freq=validation_freq)
     _compile_if_asked(model, loss, optimizer, metrics)
     keras_internals.assert_compiled(model, "fit")
     epochs = _check_int(epochs, "epochs", 0)
-    reason = _why_not(model, x, shuffle, steps_per_epoch)
-    if reason is None and validation_data is not None:
-        val_x = keras_internals.data_adapter_utils.unpack_x_y_sample_weight(validation_data)[0]
-        reason = _why_not(model, val_x, steps=validation_steps)
+    reason = _fit_hand_back(model, arguments)
     if reason is not None:
-        return _keras_fit(model, reason, locals())
+        return _keras_fit(model, reason, arguments)
     if validation_data is not None or validation_split:
         keras_internals.should_eval(model, 0, validation_freq)   # Keras's error, before training
     if validation_split and validation_data is None:
-        (x, y, sample_weight), validation_data = keras_internals.array_slicing. \
-            train_validation_split((x, y, sample_weight), validation_split=validation_split)
+        (x, y, sample_weight), validation_data = keras_internals.train_validation_split(
+            (x, y, sample_weight), validation_split)
 
     strategy = model.distribute_strategy
-    with strategy.scope():
-        train = _data(x, y, sample_weight, batch_size, steps_per_epoch, shuffle, class_weight,
-                      steps_per_call, "training data")
-    if getattr(train, "why_not", None):
-        return _keras_fit(model, f"a stream where {train.why_not}", locals())
-    val = None
-    if validation_data is not None:
-        val_x, val_y, val_w = keras_internals.data_adapter_utils.unpack_x_y_sample_weight(
-            validation_data)
-        with strategy.scope():
-            val = _data(val_x, val_y, val_w, validation_batch_size or batch_size,
-                        validation_steps, False, None, steps_per_call, "validation data")
-        if getattr(val, "why_not", None):
-            return _keras_fit(model, f"validation data where {val.why_not}", locals())
-
-    _build(model, train)
-    loops = compiled_loops(model, jit_compile)
     if keras_internals.multi_worker(strategy):   # several workers: only the chief writes
         callbacks, verbose = for_this_worker(callbacks, verbose, strategy)
+    per_call = {kind: _steps_per_call(model, steps_per_call, callbacks, kind)
+                for kind in ("train", "test")}
+    train = _source(model, x, y, sample_weight, batch_size, steps_per_epoch, shuffle,
+                    class_weight, per_call["train"], "training data")
+    if getattr(train, "why_not", None):
+        return _keras_fit(model, f"a stream where {train.why_not}", arguments)
+    validation = _Validation(model, validation_data, validation_batch_size or batch_size,
+                             validation_steps, per_call["test"])
+    build = _builder(model, train)
+    train.reset()
     callbacks = _callback_list(model, callbacks, verbose, train.steps, add_history=True,
                                epochs=epochs)
-    per_call = _steps_per_call(model, steps_per_call, callbacks, "train")
-    rng = np.random.default_rng(seed)
+    shuffled = isinstance(train, ArraySource) and shuffle
+    rng = shuffle_rng(seed) if shuffled else None
     model.stop_training = False
     callbacks.on_train_begin()
     training_logs, logs = None, {}
     first_epoch = keras_internals.initial_epoch(model, initial_epoch)
-    loops.plan(None if train.steps is None else train.steps * max(epochs - first_epoch, 0))
-    if isinstance(train, ArrayData) and shuffle:   # a resumed fit shuffles as an uninterrupted one
-        for _ in range(first_epoch):
-            epoch_order(rng, train.num_samples, shuffle)
+    planned = None if train.steps is None else train.steps * max(epochs - first_epoch, 0)
+
+    def loops_of():
+        loops = compiled_loops(model, jit_compile)
+        loops.plan(planned)
+        return loops
+
+    for _ in range(first_epoch if shuffled else 0):   # a resumed fit shuffles as a whole one
+        epoch_order(rng, train.num_samples, shuffle)
     for epoch in range(first_epoch, epochs):
         model.reset_metrics()
         callbacks.on_epoch_begin(epoch)
-        if isinstance(train, ArrayData) and per_call is None and loops.replicas == 1:
-            callbacks.on_train_batch_begin(0)
-            logs = loops.train_epoch(train.data, epoch_order(rng, train.num_samples, shuffle),
-                                     train.batch_size)
-            callbacks.on_train_batch_end(train.steps - 1, logs)
-        else:
-            chunks = _chunks(train, rng, shuffle, strategy, per_call)
-            logs = _run_chunks(loops.train, chunks, callbacks, "train", "stop_training", model)
-            if getattr(train, "ran_out", False):
-                model.stop_training = True
-        epoch_logs = dict(logs)
-        if val is not None and keras_internals.should_eval(model, epoch, validation_freq):
-            val_logs = _evaluate(model, loops, val, callbacks, per_call)
+        calls = train.calls(epoch_order(rng, train.num_samples, shuffle) if shuffled else None,
+                            per_call["train"]) if isinstance(train, ArraySource) \
+            else train.calls()
+        logs = _epoch(model, loops_of, "train", train, calls, callbacks, "stop_training", build)
+        build = None
+        epoch_logs = dict(keras_internals.metrics_result_or_logs(model, logs))
+        if validation.data is not None and keras_internals.should_eval(model, epoch,
+                                                                      validation_freq):
+            val_logs = validation.run(loops_of, callbacks)
             epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
         callbacks.on_epoch_end(epoch, epoch_logs)
         training_logs = epoch_logs
@@ -257,8 +332,50 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
     if isinstance(model.optimizer, keras.optimizers.Optimizer) and epochs > 0:
         model.optimizer.finalize_variable_values(model.trainable_weights)
     callbacks.on_train_end(logs=training_logs)
-    model.history.params["compiled_with"] = loops.compiled_with
+    model.history.params["compiled_with"] = loops_of().compiled_with
     return model.history
+
+
+class _Validation:
+    """`fit`'s validation data: made on first use, as Keras makes its evaluation iterator,
+    and kept for the fit."""
+
+    def __init__(self, model, data, batch_size, steps, per_call):
+        self.model, self.data, self.batch_size = model, data, batch_size
+        self.steps, self.per_call = steps, per_call
+        self.source = None
+        if data is not None and _is_arrays(data):   # arrays: checked before training
+            self.source = self._make()
+
+    def _make(self):
+        x, y, sample_weight = keras_internals.unpack_x_y_sample_weight(self.data)
+        return _source(self.model, x, y, sample_weight, self.batch_size, self.steps, False,
+                       None, self.per_call, "validation data")
+
+    def run(self, loops_of, callbacks):
+        if self.source is None:
+            self.source = self._make()
+        if getattr(self.source, "why_not", None):
+            _say_once(f"fastcustom: validation runs as Keras's own evaluate: a stream where "
+                      f"{self.source.why_not}.")
+            x, y, sample_weight = keras_internals.unpack_x_y_sample_weight(self.data)
+            return type(self.model).evaluate(self.model, x, y, batch_size=self.batch_size,
+                                             sample_weight=sample_weight, steps=self.steps,
+                                             callbacks=callbacks, return_dict=True)
+        return _evaluate(self.model, loops_of, self.source, callbacks, self.per_call)
+
+
+def _evaluate(model, loops_of, source, callbacks, per_call, build=None):
+    """The test loop over `source` with the `on_test_*` hooks; the logs as Python numbers."""
+    source.reset()
+    model.stop_evaluating = False
+    callbacks.on_test_begin()
+    model.reset_metrics()
+    calls = source.calls(None, per_call) if isinstance(source, ArraySource) else source.calls()
+    logs = _epoch(model, loops_of, "test", source, calls, callbacks, "stop_evaluating", build)
+    logs = keras_internals.pythonify_logs(keras_internals.metrics_result_or_logs(model, logs))
+    callbacks.on_test_end(logs)
+    return logs
 
 
 def evaluate(model, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
@@ -267,102 +384,50 @@ def evaluate(model, x=None, y=None, batch_size=None, verbose="auto", sample_weig
     """`model.evaluate(...)` with many steps per compiled call; the same arguments and result."""
     keras_internals.assert_compiled(model, "evaluate")
     reason = _why_not(model, x, steps=steps)
+    source = None
+    per_call = _steps_per_call(model, steps_per_call, callbacks, "test")
     if reason is None:
-        with model.distribute_strategy.scope():
-            data = _data(x, y, sample_weight, batch_size, steps, False, None, steps_per_call,
+        source = _source(model, x, y, sample_weight, batch_size, steps, False, None, per_call,
                          "data")
-        reason = getattr(data, "why_not", None)
+        reason = getattr(source, "why_not", None)
     if reason is not None:
         _say_once(f"fastcustom: evaluate runs as Keras's own: {reason}.")
         return type(model).evaluate(model, x, y, batch_size=batch_size, verbose=verbose,
                                     sample_weight=sample_weight, steps=steps,
                                     callbacks=callbacks, return_dict=return_dict)
-    _build(model, data)
-    loops = compiled_loops(model, jit_compile)
-    callbacks = _callback_list(model, callbacks, verbose, data.steps)
-    logs = _evaluate(model, loops, data, callbacks, steps_per_call)
+    build = _builder(model, source)
+    callbacks = _callback_list(model, callbacks, verbose, source.steps)
+    logs = _evaluate(model, lambda: compiled_loops(model, jit_compile), source, callbacks,
+                     per_call, build)
     return logs if return_dict else keras_internals.metrics_in_order(model, logs)
 
 
 def predict(model, x, batch_size=None, verbose="auto", steps=None, callbacks=None, *,
             steps_per_call=None, jit_compile="auto"):
-    """`model.predict(...)` in as few compiled calls as fit: NumPy arrays, as Keras returns."""
+    """`model.predict(...)` in as few compiled calls as fit: NumPy arrays, as Keras returns;
+    an uncompiled model predicts too, as in Keras."""
     reason = _why_not(model, x, steps=steps)
+    source = None
+    per_call = _steps_per_call(model, steps_per_call, callbacks, "predict")
     if reason is None:
-        with model.distribute_strategy.scope():
-            data = _data(x, None, None, batch_size, steps, False, None, steps_per_call, "x")
-        reason = getattr(data, "why_not", None)
+        source = _source(model, x, None, None, batch_size, steps, False, None, per_call, "x")
+        reason = getattr(source, "why_not", None)
     if reason is not None:
         _say_once(f"fastcustom: predict runs as Keras's own: {reason}.")
         return type(model).predict(model, x, batch_size=batch_size, verbose=verbose,
                                    steps=steps, callbacks=callbacks)
-    _build(model, data, compiled=False)
-    loops = compiled_loops(model, jit_compile)
-    callbacks = _callback_list(model, callbacks, verbose, data.steps)
-    per_call = _steps_per_call(model, steps_per_call, callbacks, "predict")
+    build = _builder(model, source, compiled=False)
+    callbacks = _callback_list(model, callbacks, verbose, source.steps)
     model.stop_predicting = False
     callbacks.on_predict_begin()
-    outputs, done = [], 0
-    chunks = _chunks(data, None, False, model.distribute_strategy, per_call)
-    for full, start, stop, tail in chunks:
-        callbacks.on_predict_batch_begin(done)
-        part = None if start == stop else (
-            full if (start, stop) == (0, window_steps(full))
-            else tf.nest.map_structure(lambda t: t[start:stop], full))
-        batch_outputs = loops.predict(part, tail)
-        outputs.append(batch_outputs)
-        done += stop - start + (tail is not None)
-        callbacks.on_predict_batch_end(done - 1, {"outputs": batch_outputs})
-        if model.stop_predicting:
-            break
+    calls = source.calls(None, per_call) if isinstance(source, ArraySource) else source.calls()
+    outputs = _epoch(model, lambda: compiled_loops(model, jit_compile), "predict", source,
+                     calls, callbacks, "stop_predicting", build)
     callbacks.on_predict_end()
+    if not outputs:
+        raise ValueError("Unexpected result of `predict_function` (Empty batch_outputs). "
+                         "Please use `Model.compile(..., run_eagerly=True)`, or "
+                         "`tf.config.run_functions_eagerly(True)` for more information of "
+                         "where went wrong, or file a issue/bug to `tf.keras`.")
     return tf.nest.map_structure(lambda *parts: np.concatenate([np.asarray(p) for p in parts]),
                                  *outputs)
-
-
-def _evaluate(model, loops, data, callbacks, steps_per_call):
-    """The test loop over `data` with the `on_test_*` hooks; the logs as Python numbers."""
-    per_call = _steps_per_call(model, steps_per_call, callbacks, "test")
-    model.stop_evaluating = False
-    callbacks.on_test_begin()
-    model.reset_metrics()
-    chunks = _chunks(data, None, False, model.distribute_strategy, per_call)
-    logs = _run_chunks(loops.test, chunks, callbacks, "test", "stop_evaluating", model)
-    logs = keras_internals.pythonify_logs(logs)
-    callbacks.on_test_end(logs)
-    return logs
-
-
-def _callback_list(model, callbacks, verbose, steps, add_history=False, epochs=1):
-    if isinstance(callbacks, keras.callbacks.CallbackList):
-        return callbacks
-    return keras.callbacks.CallbackList(callbacks, add_history=add_history,
-                                        add_progbar=verbose != 0, verbose=verbose,
-                                        epochs=epochs, steps=steps, model=model)
-
-
-def _first_batch(data):
-    """One batch of `data`, to build the model from."""
-    if isinstance(data, ArrayData):
-        return tf.nest.map_structure(lambda t: None if t is None else t[:data.batch_size],
-                                     data.data)
-    return next(iter(data.adapter.get_tf_dataset()))
-
-
-def _build(model, data, compiled=True):
-    """Build the model (and its compiled loss, metrics, optimizer) from a batch, as fit does."""
-    if compiled:
-        keras_internals.symbolic_build(model, _first_batch(data))
-    elif not model.built:
-        x = keras_internals.data_adapter_utils.unpack_x_y_sample_weight(_first_batch(data))[0]
-        model(x, training=False)
-
-
-def _keras_fit(model, reason, arguments):
-    """Keras's own `fit` for a call the compiled loop can't run, saying why once."""
-    _say_once(f"fastcustom: fit runs as Keras's own model.fit: {reason}.")
-    keras_arguments = {name: arguments[name] for name in (
-        "x", "y", "batch_size", "epochs", "verbose", "callbacks", "validation_split",
-        "validation_data", "shuffle", "class_weight", "sample_weight", "initial_epoch",
-        "steps_per_epoch", "validation_steps", "validation_batch_size", "validation_freq")}
-    return type(model).fit(model, **keras_arguments)
