@@ -70,7 +70,7 @@ def _method(model, name, settings):
              if p.kind == inspect.Parameter.KEYWORD_ONLY]
     method.__signature__ = inspect.Signature(keras_parameters + extra)
     method.__name__ = method.__qualname__ = name
-    method.__doc__ = (f"{keras_method.__doc__ or ''}\n\nAccelerated by fastcustom: many steps "
+    method.__doc__ = (f"{inspect.getdoc(keras_method) or ''}\n\nAccelerated by fastcustom: many steps "
                       f"per compiled call (fastcustom.training.methods.{name}).\n\n"
                       f"fastcustom's own arguments:\n{_own_arguments(ours)}")
     return method
@@ -81,5 +81,4 @@ def _own_arguments(function):
     doc = inspect.getdoc(function) or ""
     start = doc.find("Args:")
     end = doc.find("Returns:")
-    return doc[start + len("Args:"):end].rstrip() if start >= 0 else \
-        "    steps_per_call, jit_compile: as in fastcustom.accelerate."
+    return doc[start + len("Args:"):end if end >= 0 else None].rstrip()

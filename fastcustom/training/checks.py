@@ -17,6 +17,7 @@ A report is an int64 vector: [kind, value, bound, rank, index_0 .. index_7] (kin
 nothing wrong), for the first failing check of the step.
 """
 
+import numpy as np
 import tensorflow as tf
 
 NONE, GATHER, GATHER_ND, LABELS = 0, 1, 2, 3
@@ -37,8 +38,7 @@ def _bounds(op):
     if kind is not None and op.inputs[1].shape.rank is not None \
             and op.inputs[1].shape.rank <= MAX_RANK:
         params, indices = op.inputs[0], op.inputs[1]
-        shape = tf.raw_ops.VariableShape(input=params, out_type=tf.int64) \
-            if op.type.startswith("Resource") else tf.shape(params, out_type=tf.int64)
+        shape = _shape(params, variable=op.type.startswith("Resource"))
         if kind == GATHER:
             axis = tf.cast(op.inputs[2], tf.int64) if op.type == "GatherV2" else 0
             axis = tf.where(axis < 0, axis + tf.size(shape, out_type=tf.int64), axis)
@@ -48,8 +48,21 @@ def _bounds(op):
             return None
         return kind, indices, shape[:depth]
     if op.type == "SparseSoftmaxCrossEntropyWithLogits" and op.inputs[1].shape.rank is not None:
-        return LABELS, op.inputs[1], tf.shape(op.inputs[0], out_type=tf.int64)[-1]
+        classes = op.inputs[0].shape[-1]
+        bound = tf.constant(classes, tf.int64) if classes is not None \
+            else _shape(op.inputs[0])[-1]
+        return LABELS, op.inputs[1], bound
     return None
+
+
+def _shape(tensor, variable=False):
+    """`tensor`'s shape as int64: a constant when known while tracing (so that a check
+    reads no variable), else read when the step runs."""
+    if not variable and tensor.shape.is_fully_defined():
+        return tf.constant(tensor.shape.as_list(), tf.int64)
+    if variable:
+        return tf.raw_ops.VariableShape(input=tensor, out_type=tf.int64)
+    return tf.shape(tensor, out_type=tf.int64)
 
 
 def _unravel(position, shape, rank):
@@ -99,16 +112,87 @@ def step_report(ops):
     return report
 
 
+REPORT_NAME = "fastcustom_checks_report"
+
+
 def with_checks(step):
     """`step(data)` -> (its outputs, the report of the gathers and labels it computed)."""
     def checked(data):
         graph = tf.compat.v1.get_default_graph()
         first = len(graph.get_operations())
         outputs = step(data)
-        return outputs, step_report(graph.get_operations()[first:])
+        report = step_report(graph.get_operations()[first:])
+        return outputs, tf.identity(report, name=REPORT_NAME)
 
     checked.__name__ = f"checked_{getattr(step, '__name__', 'step')}"
     return checked
+
+
+class Precheck:
+    """A step's checks as a function of its batch alone, to run before the step: copied
+    out of the step's traced graph (the ops the report is computed from, when they read
+    nothing but the batch) and imported where the batch is (`tf.graph_util`).
+
+    The training loop checks step `i + 1`'s batch before running it, so a failing
+    step is never run and the model keeps the state Keras leaves when its kernel
+    raises. `of(concrete)` is None when a check reads the model's state (an index
+    computed by a layer): then only the step's own report serves.
+    """
+
+    def __init__(self, graph_def, inputs):
+        self.graph_def, self.inputs = graph_def, inputs
+
+    @classmethod
+    def of(cls, concrete):
+        """The precheck of a traced `with_checks` step, or None."""
+        graph = concrete.graph
+        batch_inputs = len(tf.nest.flatten(concrete.structured_input_signature,
+                                           expand_composites=True))
+        position = {t.op.name: i for i, t in enumerate(graph.inputs[:batch_inputs])}
+        nodes = {node.name: node for node in graph.as_graph_def().node}
+        kept, inputs, stack = {}, {}, [graph.get_operation_by_name(REPORT_NAME)]
+        while stack:
+            op = stack.pop()
+            if op.name in kept:
+                continue
+            static = _static_value(op)
+            if static is not None:      # a shape known while tracing: a constant here
+                kept[op.name] = tf.compat.v1.NodeDef(
+                    name=op.name, op="Const",
+                    attr={"dtype": tf.compat.v1.AttrValue(type=op.outputs[0].dtype.as_datatype_enum),
+                          "value": tf.compat.v1.AttrValue(tensor=tf.make_tensor_proto(static))})
+                continue
+            if op.op_def.is_stateful or any(t.dtype == tf.resource for t in op.outputs):
+                return None
+            if op.type == "Placeholder":   # the batch: mapped where imported, not copied
+                if op.name not in position:
+                    return None
+                inputs[op.outputs[0].name] = position[op.name]
+                continue
+            kept[op.name] = nodes[op.name]
+            stack.extend(t.op for t in op.inputs)    # data inputs only
+        if not inputs:      # the step has no checks: its report is a constant
+            return None
+        graph_def = tf.compat.v1.GraphDef(node=list(kept.values()))
+        graph_def.versions.CopyFrom(graph.graph_def_versions)
+        return cls(graph_def, inputs)
+
+    def __call__(self, batch):
+        """The report of `batch` (the step's argument), computed where it is."""
+        flat = tf.nest.flatten(batch, expand_composites=True)
+        (report,) = tf.graph_util.import_graph_def(
+            self.graph_def, input_map={name: flat[i] for name, i in self.inputs.items()},
+            return_elements=[f"{REPORT_NAME}:0"], name="fastcustom_precheck")
+        return report
+
+
+def _static_value(op):
+    """The value of a Shape / Size / Rank op whose input's shape is known, else None."""
+    if op.type not in ("Shape", "Size", "Rank") or not op.inputs[0].shape.is_fully_defined():
+        return None
+    shape = op.inputs[0].shape
+    value = {"Shape": shape.as_list(), "Size": shape.num_elements(), "Rank": shape.rank}[op.type]
+    return np.array(value, op.outputs[0].dtype.as_numpy_dtype)
 
 
 def message(report):

@@ -172,12 +172,47 @@ class CompiledLoops:
         return outputs, checks.ok_report()
 
     # -- the loops -------------------------------------------------------------------------
+    def _precheck(self, kind, window, tail):
+        """(the step's checks as a function of its batch (`checks.Precheck`), the step's
+        trace) when training under XLA and the checks read nothing but the batch, else
+        (None, None)."""
+        if kind != "train" or not self._xla or self.replicas > 1:
+            return None, None
+        batch = window.batch(tf.constant(0)) if window.steps else window.tail_batch(tail)
+        concrete = self._step(kind).get_concrete_function(batch)
+        precheck = checks.Precheck.of(concrete)
+        if precheck is None or any(not t.shape.is_fully_defined() for t in
+                                   tf.nest.flatten(concrete.structured_outputs[0])):
+            return None, None   # no zeros for a skipped step's outputs: checks after steps
+        return precheck, concrete
+
+    def _guarded(self, kind, window, index, tail, precheck, concrete, report, failed_at,
+                 where):
+        """A step after the loop, run only when its checks and the loop's passed: (its
+        outputs, report, failed_at)."""
+        batch = window.tail_batch(tail) if index is None else window.batch(index)
+        mine = precheck(batch)
+        run = tf.equal(report[0], 0) & tf.equal(mine[0], 0)
+        failed_at = tf.where(tf.equal(report[0], 0) & tf.not_equal(mine[0], 0), where,
+                             failed_at)
+        report = tf.where(tf.equal(report[0], 0), mine, report)
+        skipped = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype),
+                                        concrete.structured_outputs[0])
+        outputs = tf.cond(run, lambda: self._run(kind, window, index, tail)[0],
+                          lambda: skipped)
+        return outputs, report, failed_at
+
     def _steps_of(self, kind, window, start, stop, tail):
         """Steps start..stop-1 of `window`, then `tail`: (the last step's outputs when the
-        model's own logs are those, report, the index of the step that failed)."""
+        model's own logs are those, report, the index of the step that failed).
+
+        Training under XLA with checks that read only the batch, each step's batch is
+        checked before the step runs (the next one's during the current one), so the
+        loop stops before a failing step, as Keras's kernel raises before its update."""
         keep_last = not self._steps_log_metrics[kind]
         report, failed_at = checks.ok_report(), tf.constant(-1)
         last_outputs = None
+        precheck, concrete = self._precheck(kind, window, tail)
 
         def note(step_report, index, report, failed_at):
             fresh = tf.equal(report[0], 0) & tf.not_equal(step_report[0], 0)
@@ -186,7 +221,8 @@ class CompiledLoops:
         if window.steps:  # XLA can't slice []
             if keep_last and tail is None:
                 stop = stop - 1   # the last full step runs after the loop, for its outputs
-            per_iteration = self.steps_per_iteration(_batch_rows(window))
+            per_iteration = 1 if precheck is not None \
+                else self.steps_per_iteration(_batch_rows(window))
 
             def loop(first, per_iteration, report, failed_at):
                 def body(index, report, failed_at):
@@ -202,20 +238,45 @@ class CompiledLoops:
                     & tf.equal(report[0], 0),
                     body, (first, report, failed_at), parallel_iterations=1)
 
-            index, report, failed_at = loop(start, per_iteration, report, failed_at)
-            first, last = tf.get_static_value(start), tf.get_static_value(stop)
-            if first is not None and last is not None:   # a whole epoch: the count is known
-                if (last - first) % per_iteration:          # the odd step, inline
-                    _, step_report = self._run(kind, window, last - 1, reduction=None)
-                    report, failed_at = note(step_report, last - 1, report, failed_at)
-            elif per_iteration > 1:
-                _, report, failed_at = loop(index, 1, report, failed_at)
+            if precheck is not None:
+                def ahead(index):   # the report of batch `index`, clamped into the window
+                    return precheck(window.batch(tf.minimum(index, window.steps - 1)))
+
+                def checked_body(index, next_report, failed_at):
+                    self._run(kind, window, index, reduction=None)
+                    return index + 1, ahead(index + 1), failed_at
+
+                index, next_report, _ = tf.while_loop(
+                    lambda index, next_report, _: (index < stop)
+                    & tf.equal(next_report[0], 0),
+                    checked_body, (start, ahead(start), failed_at), parallel_iterations=1)
+                stopped = index < stop
+                report = tf.where(stopped, next_report, report)
+                failed_at = tf.where(stopped, index, failed_at)
+            else:
+                index, report, failed_at = loop(start, per_iteration, report, failed_at)
+                first, last = tf.get_static_value(start), tf.get_static_value(stop)
+                if first is not None and last is not None:   # a whole epoch: count known
+                    if (last - first) % per_iteration:          # the odd step, inline
+                        _, step_report = self._run(kind, window, last - 1, reduction=None)
+                        report, failed_at = note(step_report, last - 1, report, failed_at)
+                elif per_iteration > 1:
+                    _, report, failed_at = loop(index, 1, report, failed_at)
             if keep_last and tail is None:
-                last_outputs, step_report = self._run(kind, window, stop)
-                report, failed_at = note(step_report, stop, report, failed_at)
+                if precheck is not None:
+                    last_outputs, report, failed_at = self._guarded(
+                        kind, window, stop, None, precheck, concrete, report, failed_at, stop)
+                else:
+                    last_outputs, step_report = self._run(kind, window, stop)
+                    report, failed_at = note(step_report, stop, report, failed_at)
         if tail is not None:
-            last_outputs, step_report = self._run(kind, window, tail=tail)
-            report, failed_at = note(step_report, tf.constant(-2), report, failed_at)
+            if precheck is not None:
+                last_outputs, report, failed_at = self._guarded(
+                    kind, window, None, tail, precheck, concrete, report, failed_at,
+                    tf.constant(-2))
+            else:
+                last_outputs, step_report = self._run(kind, window, tail=tail)
+                report, failed_at = note(step_report, tf.constant(-2), report, failed_at)
         return last_outputs, report, failed_at
 
     def _train_or_test(self, kind, window, start, stop, tail):

@@ -381,7 +381,11 @@ def _evaluate(model, loops_of, source, callbacks, per_call, build=None):
 def evaluate(model, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
              steps=None, callbacks=None, return_dict=False, *, steps_per_call=None,
              jit_compile="auto"):
-    """`model.evaluate(...)` with many steps per compiled call; the same arguments and result."""
+    """`model.evaluate(...)` with many steps per compiled call; the same arguments and result.
+
+    Args:
+        steps_per_call, jit_compile: as in `fastcustom.fit`.
+    """
     keras_internals.assert_compiled(model, "evaluate")
     reason = _why_not(model, x, steps=steps)
     source = None
@@ -405,7 +409,11 @@ def evaluate(model, x=None, y=None, batch_size=None, verbose="auto", sample_weig
 def predict(model, x, batch_size=None, verbose="auto", steps=None, callbacks=None, *,
             steps_per_call=None, jit_compile="auto"):
     """`model.predict(...)` in as few compiled calls as fit: NumPy arrays, as Keras returns;
-    an uncompiled model predicts too, as in Keras."""
+    an uncompiled model predicts too, as in Keras.
+
+    Args:
+        steps_per_call, jit_compile: as in `fastcustom.fit`.
+    """
     reason = _why_not(model, x, steps=steps)
     source = None
     per_call = _steps_per_call(model, steps_per_call, callbacks, "predict")

@@ -196,41 +196,54 @@ def _has_static_rows(spec):
                and s.shape[1:].is_fully_defined() for s in tf.nest.flatten(spec))
 
 
-def _with_rows(*element):
-    """A batch and its row count."""
-    return element, tf.shape(first_tensor(element))[0]
+def _rows(*element):
+    """A batch's row count."""
+    return tf.shape(first_tensor(element))[0]
 
 
 def windowed(dataset, per_call, steps_per_epoch):
-    """`dataset`'s batches stacked `per_call` at a time (padded to the first batch's rows,
-    with each batch's rows), reading no batch past what `fit` takes.
+    """`dataset`'s batches stacked `per_call` at a time, each window (padded to its first
+    batch's rows) with its batches' row counts, reading no batch past what `fit` takes.
 
-    Without `steps_per_epoch` a window ends at `per_call` batches or at the end of the
-    data (a known cardinality is taken exactly, no read past it). With it, the
-    iterator runs on across epochs (as Keras's does) and windows end at each epoch's
-    `steps_per_epoch`-th batch, so a window never reads the next epoch's batches.
+    tf.data's `group_by_window` reads exactly a window's batches (each element once,
+    in order, no parallel read ahead) and emits the window when it is full or the data
+    end; the stacking and the row counts are made from the batches it holds. Without
+    `steps_per_epoch` windows hold `per_call` batches (a known cardinality is taken
+    exactly: nothing is read past it). With it, the iterator runs on across epochs (as
+    Keras's does) and a window also ends at each epoch's `steps_per_epoch`-th batch, so
+    it never reads the next epoch's batches. No prefetch is injected after the windows:
+    the only reads ahead are those the user's pipeline makes.
     """
-    options = tf.data.Options()
-    options.experimental_optimization.inject_prefetch = False   # no read ahead of ours
-    rows = dataset.map(_with_rows)
     if steps_per_epoch is None:
         cardinality = int(dataset.cardinality())
         if cardinality >= 0:
-            rows = rows.take(cardinality)
-        return rows.padded_batch(per_call).with_options(options)
-    per_epoch = math.ceil(steps_per_epoch / per_call)
+            dataset = dataset.take(cardinality)
 
-    def window_of(index, _):
-        epoch, step = index // steps_per_epoch, index % steps_per_epoch
-        return epoch * per_epoch + step // per_call
+        def window_of(index, *_):
+            return index // per_call
 
-    def window_size(key):
-        return tf.minimum(tf.cast(per_call, tf.int64),
-                          steps_per_epoch - (key % per_epoch) * per_call)
+        def window_size(_):
+            return tf.constant(per_call, tf.int64)
+    else:
+        per_epoch = math.ceil(steps_per_epoch / per_call)
 
-    return rows.enumerate().group_by_window(
-        key_func=window_of,
-        reduce_func=lambda _, window: window.map(lambda i, e: e).padded_batch(per_call),
+        def window_of(index, *_):
+            epoch, step = index // steps_per_epoch, index % steps_per_epoch
+            return epoch * per_epoch + step // per_call
+
+        def window_size(key):
+            return tf.minimum(tf.cast(per_call, tf.int64),
+                              steps_per_epoch - (key % per_epoch) * per_call)
+
+    def stacked(_, window):
+        batches = window.map(lambda index, element: element)
+        return tf.data.Dataset.zip((batches.padded_batch(per_call),
+                                    batches.map(_rows).batch(per_call)))
+
+    options = tf.data.Options()
+    options.experimental_optimization.inject_prefetch = False
+    return dataset.enumerate().group_by_window(
+        key_func=window_of, reduce_func=stacked,
         window_size_func=window_size).with_options(options)
 
 
