@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fastcustom.distributed.callbacks import for_this_worker
+from fastcustom.distributed.callbacks import LaunchProgress, for_this_worker, with_launch_progress
 from fastcustom.training import keras_internals
 from fastcustom.training.data import ArrayData, StreamData, epoch_order, window_steps
 from fastcustom.training.loop import compiled_loops
@@ -31,9 +31,9 @@ from fastcustom.training.loop import compiled_loops
 # Steps per call when a callback has batch hooks and the model's `steps_per_execution` is 1.
 DEFAULT_STEPS_PER_CALL = 32
 
-# Callbacks whose batch hooks are Keras's bookkeeping, not a user's: they don't need calls
-# shorter than an epoch.
-_EPOCH_LEVEL = (keras.callbacks.History, keras.callbacks.ProgbarLogger)
+# Callbacks whose batch hooks are bookkeeping (Keras's; the launcher's progress), not a
+# user's: they don't need calls shorter than an epoch.
+_EPOCH_LEVEL = (keras.callbacks.History, keras.callbacks.ProgbarLogger, LaunchProgress)
 
 _said = set()
 
@@ -221,6 +221,7 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
     loops = compiled_loops(model, jit_compile)
     if keras_internals.multi_worker(strategy):   # several workers: only the chief writes
         callbacks, verbose = for_this_worker(callbacks, verbose, strategy)
+    callbacks = with_launch_progress(callbacks)   # under `fastcustom launch`: its --timeout
     callbacks = _callback_list(model, callbacks, verbose, train.steps, add_history=True,
                                epochs=epochs)
     per_call = _steps_per_call(model, steps_per_call, callbacks, "train")
