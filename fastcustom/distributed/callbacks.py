@@ -130,8 +130,10 @@ def _checked(record, folder, epochs, what):
 def _fail(folder, why):
     """Tell the launcher a restart cannot help, then raise BackupError."""
     progress.send(progress.UNRECOVERABLE)
+    where = repr(folder) if not _is_local(folder) or os.path.isabs(folder) \
+        else f"{folder!r} ({os.path.abspath(folder)})"
     raise BackupError(
-        f"fastcustom: the BackupAndRestore folder {folder!r} cannot be used: {why}. Training "
+        f"fastcustom: the BackupAndRestore folder {where} cannot be used: {why}. Training "
         "did not start, and a restart would meet the same folder. To train from the "
         "beginning, remove the folder (or give BackupAndRestore another one); to resume, put "
         f"back a {STATE_FILE} that names the epoch to start at and a .weights.h5 file of "

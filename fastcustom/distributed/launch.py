@@ -268,11 +268,11 @@ class ListenCheck:
             return
         for port, addresses in found.items():
             index = self.pending.pop(port)
-            self.exposed += [f"{_host_port(a, port)} (worker {index})"
-                             for a in addresses if not is_loopback(a)]
+            self.exposed += [(index, _host_port(a, port)) for a in addresses if not is_loopback(a)]
         if self.exposed and not self.pending:
+            where = ", ".join(f"worker {i} on {name}" for i, name in sorted(self.exposed))
             self._say("exposed", "fastcustom launch: warning: the workers' TensorFlow gRPC "
-                      f"servers listen on every network interface: {', '.join(self.exposed)}, "
+                      f"servers listen on every network interface ({where}), "
                       "not only on 127.0.0.1 as their TF_CONFIG says (TensorFlow binds its "
                       "server to the wildcard address whatever the cluster spec names). Until "
                       "the job ends, anything that can reach this machine on these ports can "
@@ -304,18 +304,20 @@ def _left_early(worker, others):
 
 
 def _silent(workers, timeout, now):
-    """The worker to blame when one made no progress for `timeout` seconds, or None: a
-    stopped one first (SIGSTOP), else the one silent longest."""
-    silent = [w for w in workers if w.process.poll() is None and now - w.last_progress > timeout]
-    if not silent:
+    """(the worker to blame, why) once a worker made no progress for `timeout` seconds, else
+    (None, None). A stopped worker (SIGSTOP) is blamed first, however long it was silent: the
+    others wait for it in their collectives. Else the one silent longest."""
+    running = [w for w in workers if w.process.poll() is None]
+    if not any(now - w.last_progress > timeout for w in running):
         return None, None
-    stopped = {w.index: stopped_processes(w.process.pid) for w in silent}
-    culprit = min(silent, key=lambda w: (not stopped[w.index], w.last_progress, w.index))
-    reason = (f"made no progress for {now - culprit.last_progress:.0f} s (--timeout "
-              f"{timeout:g}: no output line and no fastcustom.fit step)")
-    if stopped[culprit.index]:
-        reason += f"; its process {stopped[culprit.index][0]} is stopped (SIGSTOP or a debugger)"
-    return culprit, reason
+    for w in running:
+        stopped = stopped_processes(w.process.pid)
+        if stopped:
+            return w, (f"was stopped (its process {stopped[0]}: SIGSTOP or a debugger) while "
+                       f"the job made no progress for {timeout:g} s (--timeout)")
+    culprit = min(running, key=lambda w: (w.last_progress, w.index))
+    return culprit, (f"made no progress for {now - culprit.last_progress:.0f} s (--timeout "
+                     f"{timeout:g}: no output line and no fastcustom.fit step)")
 
 
 def watch(workers, timeout, check_listening):
