@@ -6,8 +6,9 @@ when `TF_CONFIG` names a cluster, else on one device. Each process writes its
 final weights and history to `--out/<task>.json`. `--backup-dir` adds
 `keras.callbacks.BackupAndRestore`. Faults, each once, in worker 1 in the middle of
 epoch 2, when FILE does not exist yet (it creates it first, so that a restarted job
-runs to the end): `--kill-once FILE` SIGKILLs it, `--stop-once FILE` SIGSTOPs it (a
-hung worker), `--exit-zero-once FILE` makes it exit with code 0. `--fail-on-worker I`
+runs to the end): `--kill-once FILE` SIGKILLs it, `--hang-once FILE` makes it sleep for
+ever in a callback (a hung worker: TensorFlow's heartbeats go on, the other worker waits
+in its collective), `--exit-zero-once FILE` makes it exit with code 0. `--fail-on-worker I`
 makes worker I exit with code 3 at start; `--hold FILE` starts the strategy (the
 workers' TensorFlow servers), prints "ready" and exits with 0 once FILE exists,
 without training.
@@ -49,7 +50,7 @@ class FaultOnce(keras.callbacks.Callback):
 
 
 FAULTS = {"kill_once": lambda: os.kill(os.getpid(), signal.SIGKILL),
-          "stop_once": lambda: os.kill(os.getpid(), signal.SIGSTOP),
+          "hang_once": lambda: time.sleep(3600),
           "exit_zero_once": lambda: os._exit(0)}
 
 
@@ -70,7 +71,7 @@ def main():
     parser.add_argument("--steps-per-call", type=int)
     parser.add_argument("--backup-dir")
     parser.add_argument("--kill-once")
-    parser.add_argument("--stop-once")
+    parser.add_argument("--hang-once")
     parser.add_argument("--exit-zero-once")
     parser.add_argument("--hold")
     parser.add_argument("--fail-on-worker", type=int, help="this worker exits with 3 at start")

@@ -282,6 +282,20 @@ def test_a_stopped_worker_is_named_when_every_worker_is_silent():
                      r"the job made no progress for 2 s \(--timeout\)", output), output
 
 
+def test_a_failure_names_a_stopped_worker_its_peers_may_have_failed_on():
+    """TensorFlow's coordination service fails the peers of a stopped worker (it stops
+    sending heartbeats): the launcher's line about the peer's exit names the stopped one."""
+    code, output, _ = run_launcher(["--workers", "2", "--", *python_worker("""
+        if index == 1:
+            os.kill(os.getpid(), 19)   # SIGSTOP
+        time.sleep(1)
+        sys.exit(1)
+        """)], timeout=60)
+    assert code == 1, output
+    assert re.search(r"worker 0 exited with code 1; worker 1 is stopped \(its process \d+: "
+                     r"SIGSTOP or a debugger\), which its peers may have failed on", output), output
+
+
 @pytest.mark.parametrize("worker_1, failure", [
     ("progress.send(progress.BEGIN); sys.exit(0)",
      "worker 1 exited with code 0 before its fastcustom.fit returned"),
@@ -502,13 +516,18 @@ def test_killed_worker_resumes_to_the_same_weights(one_worker, tmp_path):
 
 
 @pytest.mark.long
-def test_stopped_worker_times_out_and_the_job_resumes_to_the_same_weights(one_worker, tmp_path):
-    """Worker 1 stops itself (SIGSTOP) in epoch 2: no progress anywhere. After --timeout the
-    launcher names it, ends it, and the restarted job resumes to the uninterrupted weights."""
-    code, output, _ = resumed_run(tmp_path, "stop-once", "--timeout", "30")
+def test_hung_worker_times_out_is_named_and_the_job_resumes_to_the_same_weights(one_worker,
+                                                                               tmp_path):
+    """Worker 1 hangs in a callback in epoch 2 (TensorFlow's heartbeats go on; worker 0
+    waits in its collective for ever). After --timeout the launcher names worker 1, ends
+    both, and the restarted job resumes to the uninterrupted weights."""
+    code, output, _ = resumed_run(tmp_path, "hang-once", "--timeout", "30")
     assert code == 0, output[-3000:]
-    assert "worker 1 was stopped (its process" in output
-    assert "while the job made no progress for 30 s (--timeout)" in output
+    assert re.search(r"worker 1 made no progress for \d+ s \(--timeout 30: no output line and "
+                     r"no fastcustom.fit step\); it was between two compiled calls of its fit "
+                     r"while others waited inside one", output), \
+        "\n".join(line for line in output.splitlines() if line.startswith("fastcustom launch"))
+    assert "restarting the job (1 of 1 restarts)" in output
     for run in results(tmp_path / "out", 2):
         assert_same_training(run, one_worker, epochs=[2])
 

@@ -371,9 +371,10 @@ def for_this_worker(callbacks, verbose, strategy):
 
 class LaunchProgress(keras.callbacks.Callback):
     """Tells `fastcustom launch`, when it started this process, that `fit` makes progress
-    (`fastcustom.distributed.progress`): BEGIN and END around the fit, a STEP at each
-    epoch's start and end and after each compiled call. `fit` counts its batch hooks as
-    epoch-level: it runs no shorter calls for them. Each event is one non-blocking write."""
+    (`fastcustom.distributed.progress`): BEGIN and END around the fit, CALL before each
+    compiled call, STEP after it and at each epoch's start and end. `fit` counts its batch
+    hooks as epoch-level: it runs no shorter calls for them. Each event is one
+    non-blocking write."""
 
     def on_train_begin(self, logs=None):
         progress.send(progress.BEGIN)
@@ -381,8 +382,14 @@ class LaunchProgress(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         progress.send(progress.STEP)
 
+    def on_train_batch_begin(self, batch, logs=None):
+        progress.send(progress.CALL)
+
     def on_train_batch_end(self, batch, logs=None):
         progress.send(progress.STEP)
+
+    def on_test_batch_begin(self, batch, logs=None):
+        progress.send(progress.CALL)
 
     def on_test_batch_end(self, batch, logs=None):
         progress.send(progress.STEP)

@@ -154,7 +154,7 @@ class Worker:
         self.index = index
         self.tail = collections.deque(maxlen=TAIL_LINES)
         self.started = self.last_progress = time.monotonic()
-        self.in_fit, self.fits_done, self.restartable = False, 0, True
+        self.in_fit, self.in_call, self.fits_done, self.restartable = False, False, 0, True
         lifeline, self._lifeline = os.pipe()
         progress_read, progress_write = os.pipe()
         try:
@@ -192,11 +192,12 @@ class Worker:
             for chunk in iter(lambda: channel.read(4096), b""):
                 self.last_progress = time.monotonic()
                 for event in (chunk[i:i + 1] for i in range(len(chunk))):
+                    self.in_call = event == progress.CALL
                     if event == progress.BEGIN:
                         self.in_fit, self.restartable = True, True
                     elif event == progress.END:
                         self.in_fit, self.fits_done = False, self.fits_done + 1
-                    elif event == progress.STEP:
+                    elif event in (progress.CALL, progress.STEP):
                         self.restartable = True
                     elif event == progress.UNRECOVERABLE:
                         self.restartable = False
@@ -305,8 +306,10 @@ def _left_early(worker, others):
 
 def _silent(workers, timeout, now):
     """(the worker to blame, why) once a worker made no progress for `timeout` seconds, else
-    (None, None). A stopped worker (SIGSTOP) is blamed first, however long it was silent: the
-    others wait for it in their collectives. Else the one silent longest."""
+    (None, None). Under collectives one hung worker soon leaves every worker silent, so the
+    blame goes, in this order, to a stopped worker (SIGSTOP); to one in a fit but between
+    two compiled calls (stuck in Python code: a callback, the data) while others wait
+    inside a call; else to the one silent longest."""
     running = [w for w in workers if w.process.poll() is None]
     if not any(now - w.last_progress > timeout for w in running):
         return None, None
@@ -315,9 +318,27 @@ def _silent(workers, timeout, now):
         if stopped:
             return w, (f"was stopped (its process {stopped[0]}: SIGSTOP or a debugger) while "
                        f"the job made no progress for {timeout:g} s (--timeout)")
-    culprit = min(running, key=lambda w: (w.last_progress, w.index))
-    return culprit, (f"made no progress for {now - culprit.last_progress:.0f} s (--timeout "
-                     f"{timeout:g}: no output line and no fastcustom.fit step)")
+    between = [w for w in running if w.in_fit and not w.in_call]
+    waiting = any(w.in_call for w in running)
+    culprit = min(between if between and waiting else running,
+                  key=lambda w: (w.last_progress, w.index))
+    reason = (f"made no progress for {now - culprit.last_progress:.0f} s (--timeout "
+              f"{timeout:g}: no output line and no fastcustom.fit step)")
+    if between and waiting:
+        reason += "; it was between two compiled calls of its fit while others waited inside one"
+    return culprit, reason
+
+
+def _stopped_note(workers, failed):
+    """A note naming the other workers that are stopped (SIGSTOP), or ""."""
+    notes = []
+    for w in workers:
+        if w is not failed and w.process.poll() is None:
+            stopped = stopped_processes(w.process.pid)
+            if stopped:
+                notes.append(f"worker {w.index} is stopped (its process {stopped[0]}: SIGSTOP "
+                             "or a debugger), which its peers may have failed on")
+    return "".join(f"; {note}" for note in notes)
 
 
 def watch(workers, timeout, check_listening):
@@ -337,6 +358,7 @@ def watch(workers, timeout, check_listening):
                 if len(ended) < len(workers):
                     left.append((w.index, now))
                 continue
+            reason += _stopped_note(workers, w)
             for index, when in left:
                 if now - when < 1.0:   # they ended together: nothing to say
                     continue

@@ -8,8 +8,10 @@ child process that inherited the variable but not the descriptor has under that 
 - BEGIN when a fit starts and END when it returns: a worker that exits with code 0 between
   the two, or without finishing a fit while another worker is in one, has failed the job
   (under MultiWorkerMirroredStrategy the others would wait for it for ever);
-- STEP at each epoch's start and end and after each compiled call: what `--timeout` counts
-  as progress, with the worker's output lines;
+- CALL before each compiled call and STEP after it (and at each epoch's start and end):
+  what `--timeout` counts as progress, with the worker's output lines. When no worker made
+  progress for that long, the launcher blames one that is in a fit but not inside a call
+  (stuck in Python code, a callback) before ones that wait inside a call (a collective);
 - UNRECOVERABLE just before an error that a restart cannot fix (a BackupAndRestore folder
   that cannot be used): the launcher does not restart the job when that worker then fails.
 
@@ -21,7 +23,7 @@ import os
 import stat
 
 ENV = "FASTCUSTOM_LAUNCH_FD"
-BEGIN, STEP, END, UNRECOVERABLE = b"b", b".", b"e", b"!"
+BEGIN, CALL, STEP, END, UNRECOVERABLE = b"b", b"c", b".", b"e", b"!"
 
 
 def channel_value(fd):
