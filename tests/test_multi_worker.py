@@ -17,6 +17,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -367,6 +368,21 @@ def test_a_command_that_cannot_run_exits_as_a_shell_says():
     code, output, _ = run_launcher(["--workers", "1", "--", "/no/such/program"], timeout=30)
     assert code == 127, output
     assert "cannot run '/no/such/program'" in output
+
+
+def test_a_network_namespace_with_only_loopback_is_told_apart():
+    """Under `unshare --net` (only `lo`) a wildcard listener reaches this machine only, and
+    the launcher does not warn there; on this machine's own interfaces it does."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) here")
+    probe = "from fastcustom.distributed import launch; print(launch.only_loopback_interfaces())"
+    inside = subprocess.run(["unshare", "--net", "--map-root-user", sys.executable, "-c", probe],
+                            capture_output=True, text=True, timeout=60, env=ENV)
+    if inside.returncode != 0:
+        pytest.skip(f"no unprivileged network namespace here: {inside.stderr.strip()[-200:]}")
+    assert inside.stdout.strip() == "True"
+    names = {name for _, name in socket.if_nameindex()}
+    assert launch.only_loopback_interfaces() == (names == {"lo"})
 
 
 def test_launch_needs_a_command():

@@ -132,6 +132,23 @@ def is_loopback(address):
     return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
 
 
+def only_loopback_interfaces():
+    """Whether every network interface this process sees is a loopback one (a network
+    namespace of its own, `unshare --net`): then a wildcard listener is reachable from this
+    machine only. False where it cannot tell."""
+    try:
+        import fcntl
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _, name in socket.if_nameindex():
+                request = struct.pack("16sh22x", name.encode()[:15], 0)
+                flags = struct.unpack("16sh22x", fcntl.ioctl(s.fileno(), 0x8913, request))[1]
+                if not flags & 0x8:   # SIOCGIFFLAGS; IFF_LOOPBACK
+                    return False
+        return True
+    except (OSError, ImportError, AttributeError):
+        return False
+
+
 def stopped_processes(session):
     """The processes of session `session` (a worker's guard) stopped by a signal: [pid]."""
     stopped = []
@@ -270,7 +287,7 @@ class ListenCheck:
         for port, addresses in found.items():
             index = self.pending.pop(port)
             self.exposed += [(index, _host_port(a, port)) for a in addresses if not is_loopback(a)]
-        if self.exposed and not self.pending:
+        if self.exposed and not self.pending and not only_loopback_interfaces():
             where = ", ".join(f"worker {i} on {name}" for i, name in sorted(self.exposed))
             self._say("exposed", "fastcustom launch: warning: the workers' TensorFlow gRPC "
                       f"servers listen on every network interface ({where}), "
