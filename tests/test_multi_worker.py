@@ -344,6 +344,7 @@ def test_a_failure_a_restart_cannot_fix_is_not_restarted():
     assert code == launch.EXIT_NOT_RESTARTABLE, output
     assert output.count("[worker 1] attempt") == 1 and "restarting the job" not in output
     assert "not restarting: worker 1 reported an error that a restart cannot fix" in output
+    assert output.splitlines()[-1].endswith("exit code 65")
 
 
 def test_launcher_exit_codes_and_restarts_without_tensorflow():

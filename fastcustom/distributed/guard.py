@@ -141,8 +141,6 @@ def main(argv):
     lifeline = int(argv[1])
     os.set_inheritable(lifeline, False)   # COMMAND keeps the launcher's other fds, not this one
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
-    scratch = tempfile.mkdtemp(prefix="fastcustom-launch-")
-    os.environ[SCRATCH_ENV] = scratch
     group = None
     stop_asked = []
 
@@ -155,6 +153,8 @@ def main(argv):
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_stop_signal)
+    scratch = tempfile.mkdtemp(prefix="fastcustom-launch-")
+    os.environ[SCRATCH_ENV] = scratch
     try:
         try:
             command = start(argv[3:])

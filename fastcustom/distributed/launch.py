@@ -65,7 +65,9 @@ POLL_SECONDS = 0.05
 # How often the launcher reads /proc/net/tcp for the workers' listening addresses.
 LISTEN_CHECK_SECONDS = 0.5
 
-Failure = collections.namedtuple("Failure", "index reason code restartable tail")
+# The worker that failed first, why (words after "worker i"), the job's exit code, its last
+# lines, and the workers that said a restart cannot fix their failure.
+Failure = collections.namedtuple("Failure", "index reason code tail unfixable")
 
 
 def free_ports(count, host="127.0.0.1"):
@@ -382,13 +384,13 @@ def watch(workers, timeout, check_listening):
                 reason += (f" (after worker {index} had exited with code 0, {now - when:.0f} s "
                            "earlier, while this one still ran)")
             return Failure(w.index, reason, exit_code(code) if code else EXIT_LEFT_EARLY,
-                           w.restartable, list(w.tail))
+                           list(w.tail), [])
         if len(ended) == len(workers):
             return None
         if timeout:
             culprit, reason = _silent(workers, timeout, now)
             if culprit is not None:
-                return Failure(culprit.index, reason, EXIT_TIMED_OUT, True, list(culprit.tail))
+                return Failure(culprit.index, reason, EXIT_TIMED_OUT, list(culprit.tail), [])
         check_listening(now)
         time.sleep(POLL_SECONDS)
 
@@ -412,6 +414,8 @@ def run_once(command, workers, out=sys.stdout, err=sys.stderr, ports=None, env=N
     stop_all(started)
     if failure is None:
         return 0, None
+    # A worker stopped here may have said so before it was stopped: its word holds too.
+    failure = failure._replace(unfixable=[w.index for w in started if not w.restartable])
     with lock:
         err.write(f"fastcustom launch: worker {failure.index} {failure.reason}; stopped the "
                   "other workers. Its last lines:\n")
@@ -451,10 +455,11 @@ def run(command, workers, max_restarts=0, out=sys.stdout, err=sys.stderr, pick_p
                                      timeout=timeout, said=said)
             if failure is None:
                 return 0
-            if not failure.restartable:
-                err.write(f"fastcustom launch: not restarting: worker {failure.index} reported "
-                          "an error that a restart cannot fix (its last lines above say which); "
-                          f"exit code {EXIT_NOT_RESTARTABLE}\n")
+            if failure.unfixable:
+                names = " and ".join(f"worker {i}" for i in failure.unfixable)
+                err.write(f"fastcustom launch: not restarting: {names} reported an error that a "
+                          "restart cannot fix (their output above says which); exit code "
+                          f"{EXIT_NOT_RESTARTABLE}\n")
                 return EXIT_NOT_RESTARTABLE
             if port_retries < PORT_RETRIES and any(t in line for line in failure.tail
                                                    for t in PORT_TAKEN):
