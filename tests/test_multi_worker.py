@@ -49,10 +49,14 @@ def python_worker(code):
     return [sys.executable, "-c", INDEX + SEND + textwrap.dedent(code)]
 
 
+# What reads processes and sockets from /proc: Linux.
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc (Linux)")
+
+
 def process_table():
-    """{pid: (parent pid, state letter)} of every process now, from /proc."""
+    """{pid: (parent pid, state letter)} of every process now, from /proc ({} without it)."""
     table = {}
-    for entry in os.listdir("/proc"):
+    for entry in os.listdir("/proc") if os.path.isdir("/proc/self") else []:
         if entry.isdigit():
             with contextlib.suppress(OSError, ValueError, IndexError):
                 with open(f"/proc/{entry}/stat", "rb") as f:
@@ -224,11 +228,14 @@ WRAPPERS = {
 }
 
 
+@needs_proc
 @pytest.mark.parametrize("wrapper, signum", [*((w, signal.SIGKILL) for w in WRAPPERS),
                                              ("a shell with redirections", signal.SIGTERM)])
 def test_no_worker_outlives_the_launcher(wrapper, signum, tmp_path):
     """However the command wraps the worker, killing the launcher (SIGKILL too) ends every
     process of every worker and removes their scratch folders."""
+    if wrapper.startswith("setsid") and shutil.which("setsid") is None:
+        pytest.skip("no setsid(1) here")
     log = str(tmp_path / "workers.log")
     (tmp_path / "train.sh").write_text(f'"{sys.executable}" -c "$FOREVER" "$1" &\nwait\n')
     env = dict(ENV, FOREVER=FOREVER)
@@ -268,6 +275,7 @@ def test_a_silent_worker_times_out_is_named_and_the_job_restarts():
     assert seconds < 30
 
 
+@needs_proc
 def test_a_stopped_worker_is_named_when_every_worker_is_silent():
     """Worker 1 stops itself (SIGSTOP); worker 0 waits, silent, as for a collective. The
     stopped one is the failure; SIGKILL ends it although it is stopped."""
@@ -283,6 +291,7 @@ def test_a_stopped_worker_is_named_when_every_worker_is_silent():
                      r"the job made no progress for 2 s \(--timeout\)", output), output
 
 
+@needs_proc
 def test_a_failure_names_a_stopped_worker_its_peers_may_have_failed_on():
     """TensorFlow's coordination service fails the peers of a stopped worker (it stops
     sending heartbeats): the launcher's line about the peer's exit names the stopped one."""
@@ -424,6 +433,7 @@ def listening_sockets(pids):
     return found
 
 
+@needs_proc
 def test_workers_listen_on_their_port_and_the_launcher_names_every_exposed_one(tmp_path):
     """Each worker's TensorFlow server listens on its TF_CONFIG port only; every listener
     not on loopback is named in the launcher's warning (TensorFlow binds the wildcard
@@ -561,6 +571,7 @@ def test_worker_exiting_zero_mid_training_fails_and_the_job_resumes(one_worker, 
         assert_same_training(run, one_worker, epochs=[2])
 
 
+@needs_proc
 @pytest.mark.long
 def test_killed_launcher_leaves_no_worker_no_writer_and_nothing_in_tmp(tmp_path):
     """The issue's case: `bash -c 'python train.py >> log 2>&1'` under the launcher, which
