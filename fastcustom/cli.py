@@ -116,11 +116,17 @@ def build_parser():
         description="Starts COMMAND as N worker processes, each with a TF_CONFIG naming all "
         "of them on free loopback ports (what tf.distribute.MultiWorkerMirroredStrategy "
         "reads), prefixes and streams their output, stops all when one fails and restarts the "
-        "whole job up to --max-restarts times. Exits with the failing worker's code. "
+        "whole job up to --max-restarts times. No process of a worker outlives the launcher. "
+        "Exits with the code of the worker that failed first (128 + N for a signal N), 124 "
+        "after --timeout, 1 when a worker exited with 0 in the middle of training, 65 (never "
+        "restarted) when a worker's BackupAndRestore folder cannot be used. "
         "Example: fastcustom launch --workers 2 --max-restarts 1 -- python train.py")
     launch.add_argument("--workers", type=positive_int, required=True, help="processes to start")
     launch.add_argument("--max-restarts", type=non_negative_int, default=0,
                         help="restarts of the whole job after a failure (default 0)")
+    launch.add_argument("--timeout", type=positive_int, metavar="SECONDS",
+                        help="a worker that shows no progress for this long (no output line, "
+                        "no fastcustom.fit step) has failed (default: wait for ever)")
     launch.add_argument("worker_command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
                         help="the training command, after --")
     return parser
@@ -220,7 +226,7 @@ def main(argv=None):
         if not command:
             parser.error("launch needs a command after --, e.g. -- python train.py")
         from fastcustom.distributed import launch   # standard library only: no TensorFlow
-        return launch.run(command, args.workers, args.max_restarts)
+        return launch.run(command, args.workers, args.max_restarts, timeout=args.timeout)
     parser.error(f"unknown command {args.command}")
 
 

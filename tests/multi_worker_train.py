@@ -4,10 +4,14 @@ The notes' regressor (fastcustom's MyDense, HuberLoss, HuberMetric, Nadam) on th
 demo's data, trained with `fastcustom.fit` under `MultiWorkerMirroredStrategy`
 when `TF_CONFIG` names a cluster, else on one device. Each process writes its
 final weights and history to `--out/<task>.json`. `--backup-dir` adds
-`keras.callbacks.BackupAndRestore`; `--kill-once FILE` makes worker 1 SIGKILL itself
-in the middle of epoch 2 when FILE does not exist yet (it creates it first), so
-that a restarted job runs to the end; `--fail-on-worker I` makes worker I exit with
-code 3 at start.
+`keras.callbacks.BackupAndRestore`. Faults, each once, in worker 1 in the middle of
+epoch 2, when FILE does not exist yet (it creates it first, so that a restarted job
+runs to the end): `--kill-once FILE` SIGKILLs it, `--hang-once FILE` makes it sleep for
+ever in a callback (a hung worker: TensorFlow's heartbeats go on, the other worker waits
+in its collective), `--exit-zero-once FILE` makes it exit with code 0. `--fail-on-worker I`
+makes worker I exit with code 3 at start; `--hold FILE` starts the strategy (the
+workers' TensorFlow servers), prints "ready" and exits with 0 once FILE exists,
+without training.
 
     fastcustom launch --workers 2 -- python tests/multi_worker_train.py --out /tmp/run
 """
@@ -16,6 +20,7 @@ import argparse
 import json
 import os
 import signal
+import time
 
 import tensorflow as tf
 
@@ -28,12 +33,12 @@ import fastcustom  # noqa: E402
 from fastcustom.demo import THRESHOLD, make_data  # noqa: E402
 
 
-class KillOnce(keras.callbacks.Callback):
-    """SIGKILL this process after the first call of epoch 2, the first time only."""
+class FaultOnce(keras.callbacks.Callback):
+    """`fault()` in this process after the first call of epoch 2, the first time only."""
 
-    def __init__(self, marker):
+    def __init__(self, marker, fault):
         super().__init__()
-        self.marker, self.epoch = marker, 0
+        self.marker, self.fault, self.epoch = marker, fault, 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -41,7 +46,20 @@ class KillOnce(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.epoch == 2 and not os.path.exists(self.marker):
             open(self.marker, "w").close()
-            os.kill(os.getpid(), signal.SIGKILL)
+            self.fault()
+
+
+FAULTS = {"kill_once": lambda: os.kill(os.getpid(), signal.SIGKILL),
+          "hang_once": lambda: time.sleep(3600),
+          "exit_zero_once": lambda: os._exit(0)}
+
+
+def hold(marker):
+    """Stay up (the strategy's servers listening) until `marker` exists, at most a minute."""
+    print("ready", flush=True)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def main():
@@ -53,6 +71,9 @@ def main():
     parser.add_argument("--steps-per-call", type=int)
     parser.add_argument("--backup-dir")
     parser.add_argument("--kill-once")
+    parser.add_argument("--hang-once")
+    parser.add_argument("--exit-zero-once")
+    parser.add_argument("--hold")
     parser.add_argument("--fail-on-worker", type=int, help="this worker exits with 3 at start")
     args = parser.parse_args()
 
@@ -63,6 +84,8 @@ def main():
     strategy = (tf.distribute.MultiWorkerMirroredStrategy() if cluster
                 else tf.distribute.get_strategy())
     task = cluster.get("task", {}).get("index", 0)
+    if args.hold:
+        return hold(args.hold)
     x, y = make_data(n=args.samples)
     with strategy.scope():
         keras.utils.set_random_seed(0)
@@ -75,8 +98,9 @@ def main():
     callbacks = []
     if args.backup_dir:
         callbacks.append(keras.callbacks.BackupAndRestore(args.backup_dir))
-    if args.kill_once and task == 1:
-        callbacks.append(KillOnce(args.kill_once))
+    for name, fault in FAULTS.items():
+        if getattr(args, name) and task == 1:
+            callbacks.append(FaultOnce(getattr(args, name), fault))
     history = fastcustom.fit(model, x, y, batch_size=args.batch_size, epochs=args.epochs,
                              seed=0, verbose=0, callbacks=callbacks,
                              steps_per_call=args.steps_per_call)

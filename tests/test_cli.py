@@ -65,6 +65,8 @@ def test_help_names_the_program_fastcustom_and_every_command():
     (["demo", "--save", "model.h5"], "argument --save: 'model.h5' does not end in .keras"),
     (["demo", "--plot", "/no/such/folder/plot.png"], "the folder /no/such/folder does not exist"),
     (["build-ops", "--cache-dir", __file__], "argument --cache-dir: "),
+    (["launch", "--workers", "2", "--timeout", "0", "--", "python"],
+     "argument --timeout: '0' is not a positive integer"),
     (["train"], "invalid choice: 'train'"),
 ])
 def test_bad_arguments_give_one_line_and_exit_code_2(argv, message, capsys):

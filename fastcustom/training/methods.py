@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fastcustom.distributed.callbacks import for_this_worker
+from fastcustom.distributed.callbacks import LaunchProgress, for_this_worker, with_launch_progress
 from fastcustom.training import keras_internals
 from fastcustom.training.loop import compiled_loops
 from fastcustom.training.sources import ArraySource, StreamSource, epoch_order, shuffle_rng
@@ -33,15 +33,9 @@ from fastcustom.training.sources import ArraySource, StreamSource, epoch_order, 
 # Steps per call when a callback has batch hooks and the model's `steps_per_execution` is 1.
 DEFAULT_STEPS_PER_CALL = 32
 
-# Keras's `fit` arguments, in its order: what a call handed back to Keras receives.
-FIT_ARGUMENTS = ("x", "y", "batch_size", "epochs", "verbose", "callbacks", "validation_split",
-                 "validation_data", "shuffle", "class_weight", "sample_weight", "initial_epoch",
-                 "steps_per_epoch", "validation_steps", "validation_batch_size",
-                 "validation_freq")
-
-# Callbacks whose batch hooks are Keras's bookkeeping, not a user's: they don't need calls
-# shorter than an epoch.
-_EPOCH_LEVEL = (keras.callbacks.History, keras.callbacks.ProgbarLogger)
+# Callbacks whose batch hooks are bookkeeping (Keras's; the launcher's progress), not a
+# user's: they don't need calls shorter than an epoch.
+_EPOCH_LEVEL = (keras.callbacks.History, keras.callbacks.ProgbarLogger, LaunchProgress)
 
 _said = set()
 
@@ -285,6 +279,7 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
     strategy = model.distribute_strategy
     if keras_internals.multi_worker(strategy):   # several workers: only the chief writes
         callbacks, verbose = for_this_worker(callbacks, verbose, strategy)
+    callbacks = with_launch_progress(callbacks)   # under `fastcustom launch`: its --timeout
     per_call = {kind: _steps_per_call(model, steps_per_call, callbacks, kind)
                 for kind in ("train", "test")}
     train = _source(model, x, y, sample_weight, batch_size, steps_per_epoch, shuffle,
