@@ -244,8 +244,8 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
             if ours:
                 self._committed = {"epoch": epoch, "batch": batch,
                                    "weights": os.path.basename(path)}
-            # What Keras's BackupAndRestore sets, and fit reads (keras_internals.initial_epoch).
-            self.model._initial_epoch = epoch
+            from fastcustom.training import keras_internals   # fit imports this module
+            keras_internals.set_initial_epoch(self.model, epoch)   # as Keras's callback does
             return
         _fail(self.backup_dir, "; ".join(problems))
 
