@@ -93,12 +93,20 @@ def build_parser():
     demo.add_argument("--plot", type=png_file, metavar="PATH.png",
                       help="draw both loss curves against wall-clock time (needs matplotlib)")
 
-    profile = commands.add_parser("profile", help="profile training steps, summarize the trace")
-    profile.add_argument("--logdir", type=folder_path, required=True,
+    profile = commands.add_parser(
+        "profile", help="profile training in TensorBoard, or summarize a trace",
+        description="Profiles training steps of the notes' model (fastcustom's classes, an "
+        "accelerated model.fit) with TensorBoard's profiler into --logdir and summarizes the "
+        "trace; with --summarize, summarizes the newest trace under a folder instead.")
+    profile.add_argument("--logdir", type=folder_path,
                          help="TensorBoard log folder for the trace (created if missing)")
-    profile.add_argument("--steps", type=positive_int, default=20, help="profiled steps (default 20)")
+    profile.add_argument("--summarize", metavar="PATH",
+                         help="summarize the newest trace under PATH (or the .xplane.pb file)")
+    profile.add_argument("--steps", type=positive_int, default=10, help="profiled steps (default 10)")
     profile.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
     profile.add_argument("--no-jit", action="store_true", help="compile without XLA")
+    profile.add_argument("--plain", action="store_true",
+                         help="Keras's own model.fit, not accelerated (with StepMarkers)")
     profile.add_argument("--top", type=positive_int, default=10, help="rows per summary table")
 
     build = commands.add_parser(
@@ -210,13 +218,23 @@ def main(argv=None):
         demo_main(epochs=args.epochs, batch_size=args.batch_size, save=args.save, plot=args.plot)
         return 0
     if args.command == "profile":
-        from fastcustom.profile import missing_packages, run
+        from fastcustom.profile import missing_packages, run, summarize_command
         if missing_packages():
             parser.exit(2, f"{PROG} profile: profiling needs: pip install "
                            f"{' '.join(missing_packages())} (or pip install 'fastcustom[profile]')\n")
+        if args.summarize:
+            if not os.path.exists(args.summarize):
+                parser.exit(2, f"{PROG} profile: error: argument --summarize: "
+                               f"{args.summarize!r} does not exist\n")
+            import_tensorflow(user_level)
+            summarize_command(args.summarize, top=args.top)
+            return 0
+        if not args.logdir:
+            parser.exit(2, f"{PROG} profile: error: one of --logdir or --summarize is "
+                           f"required (see: {PROG} profile --help)\n")
         import_tensorflow(user_level)
         run(args.logdir, steps=args.steps, batch_size=args.batch_size,
-            jit_compile=not args.no_jit, top=args.top)
+            jit_compile=not args.no_jit, accelerated=not args.plain, top=args.top)
         return 0
     if args.command == "build-ops":
         return build_ops_command(args.cache_dir)

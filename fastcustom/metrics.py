@@ -43,11 +43,12 @@ class HuberMetric(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         sample_weight = apply_mask(sample_weight, private_symbols.keras_mask(y_pred),
                                    self.dtype)
-        y_pred = tf.cast(y_pred, self.dtype)
-        y_true = tf.cast(y_true, self.dtype)
-        total, count = huber_weighted_total(y_true, y_pred, self.threshold, sample_weight)
-        self.total.assign_add(total)
-        self.count.assign_add(count)
+        with tf.name_scope(self.name):   # a profile names the metric's ops after it
+            y_pred = tf.cast(y_pred, self.dtype)
+            y_true = tf.cast(y_true, self.dtype)
+            total, count = huber_weighted_total(y_true, y_pred, self.threshold, sample_weight)
+            self.total.assign_add(total)
+            self.count.assign_add(count)
 
     def result(self):
         return tf.cast(tf.math.divide_no_nan(self.total, self.count), self.dtype)

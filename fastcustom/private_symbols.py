@@ -21,6 +21,8 @@ the TensorFlow and Keras CI runs.
   inputs, and `tf.custom_gradient`.
 - `registered_kernel_dtypes(op_name, device_type)`: the dtypes an op has kernels for
   (`tensorflow.python.framework.kernels`). Fallback: None (unknown).
+- `profiler_capturing()`: whether the TensorFlow profiler is recording now
+  (`tensorflow.python.profiler.trace.enabled`). Fallback: False (no step markers).
 - `keras_mask(tensor)`: the Keras mask a layer attached to a tensor
   (`keras.src.backend.get_keras_mask`). Fallback: the `_keras_mask` attribute, which is
   how Keras 3's TensorFlow backend stores it.
@@ -59,6 +61,11 @@ def _get_registered_kernels_for_op():
     return kernels.get_registered_kernels_for_op
 
 
+def _traceme_enabled():
+    from tensorflow.python.profiler import trace
+    return trace.enabled
+
+
 def _get_keras_mask():
     from keras.src.backend import get_keras_mask
     return get_keras_mask
@@ -70,6 +77,7 @@ _record = _private(_record_module, "tensorflow.python.eager.record")
 _kernels_for_op = _private(_get_registered_kernels_for_op,
                            "tensorflow.python.framework.kernels.get_registered_kernels_for_op")
 _keras_mask = _private(_get_keras_mask, "keras.src.backend.get_keras_mask")
+_profiler_enabled = _private(_traceme_enabled, "tensorflow.python.profiler.trace.enabled")
 
 # What each guarded import above reaches, for the test that checks they all exist.
 PRIVATE_SYMBOLS = (
@@ -77,6 +85,7 @@ PRIVATE_SYMBOLS = (
     "tensorflow.python.eager.record",
     "tensorflow.python.framework.kernels.get_registered_kernels_for_op",
     "keras.src.backend.get_keras_mask",
+    "tensorflow.python.profiler.trace.enabled",
 )
 
 
@@ -132,6 +141,11 @@ def registered_kernel_dtypes(op_name, device_type):
     registered = _kernels_for_op(op_name).kernel
     return sorted({tf.dtypes.as_dtype(t).name for k in registered if k.device_type == device_type
                    for c in k.constraint for t in c.allowed_values.list.type})
+
+
+def profiler_capturing():
+    """Whether the TensorFlow profiler is recording (a trace started and not stopped)."""
+    return bool(_profiler_enabled()) if _profiler_enabled is not None else False
 
 
 def keras_mask(tensor):

@@ -1,23 +1,23 @@
-"""Profiles a few training steps of a fastcustom model and summarizes the trace with xprof.
+"""Profile training in TensorBoard: `fastcustom profile`, and `profile_fit` for your own model.
 
-`python -m fastcustom profile --logdir DIR` trains MyDense layers with HuberLoss
-and HuberMetric under the TensorBoard profiler, writes
-`DIR/plugins/profile/<run>/<host>.xplane.pb`, and prints where the time went,
-read from the trace by xprof's offline converter (the code behind TensorBoard's
-Profile tab): the XLA modules, their ops and the fused custom ops (from the
-events of xprof's trace_viewer tool), and the TensorFlow ops by self time (its
-framework_op_stats tool). Needs `pip install tensorboard tensorboard-plugin-profile`
+`profile_fit(model, x, y, logdir)` runs your `model.fit` with a
+`keras.callbacks.TensorBoard(logdir, profile_batch=...)` window (and
+`fastcustom.callbacks.StepMarkers` when the model is not accelerated, so that the
+Overview page finds the steps), long enough to reach it, and returns the trace it
+wrote. `fastcustom profile --logdir DIR` does that for the notes' model built from
+fastcustom's classes, accelerated, and prints the summary;
+`fastcustom profile --summarize DIR` summarizes any trace (the newest under DIR):
+`fastcustom.trace_summary`. Needs `pip install tensorboard tensorboard-plugin-profile`
 (which brings xprof).
+
+>>> trace = profile_fit(model, x, y, "logs", first_step=5, steps=6)   # steps 5 to 10
+>>> print(format_summary(summarize(trace)))
 """
 
-import contextlib
 import glob
 import importlib.util
-import json
+import math
 import os
-import tempfile
-from collections import defaultdict
-from dataclasses import dataclass
 
 PROFILE_PACKAGES = {"tensorboard": "tensorboard",
                     "tensorboard_plugin_profile": "tensorboard-plugin-profile",
@@ -38,180 +38,96 @@ def require_profile_packages():
             "(or pip install 'fastcustom[profile]')")
 
 
-@contextlib.contextmanager
-def native_stderr_captured():
-    """Hold back what C++ code writes to stderr (profiler, xprof logs); replay it on error."""
-    with tempfile.TemporaryFile(mode="w+b") as held:
-        saved = os.dup(2)
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            held.seek(0)
-            os.write(2, held.read())
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+def _traces(logdir):
+    return {path: os.path.getmtime(path)
+            for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)}
 
 
-def build_model(jit_compile=True, features=8, hidden=30, seed=0):
-    """The notes' regressor from fastcustom parts: MyDense(selu) x 2 -> MyDense(1), Huber."""
+def profile_fit(model, x, y, logdir, *, first_step=5, steps=6, batch_size=32, **fit_kwargs):
+    """`model.fit(x, y, ...)` with TensorBoard profiling steps `first_step` ..
+    `first_step + steps - 1` (numbered from 1, as Keras numbers batches), for as many
+    epochs as it takes to get one step past them; returns the path of the new trace.
+
+    The model must be compiled (and may be accelerated); `fit_kwargs` go to `fit`.
+    """
     import keras
 
-    from fastcustom import HuberLoss, HuberMetric, MyDense
+    from fastcustom.callbacks import StepMarkers
+    from fastcustom.training.profiling import capture
+
+    require_profile_packages()
+    if first_step < 1 or steps < 1:
+        raise ValueError(f"`first_step` and `steps` must be >= 1, got {first_step}, {steps}.")
+    samples = len(x[0] if isinstance(x, (list, tuple)) else x)
+    per_epoch = math.ceil(samples / batch_size)
+    epochs = math.ceil((first_step + steps + 2) / per_epoch)
+    last_step = first_step + steps - 1
+    if "_fastcustom_accelerated" not in vars(model):
+        # Keras's own fit: StepMarkers' last marker ends after the TensorBoard callback
+        # stopped the profiler, and xprof leaves out the first and last step of a longer
+        # capture, so the profile is asked for around the steps (the accelerated loop
+        # does this itself)
+        low, high = capture(first_step, last_step)
+        first_step, last_step = max(low, 1), high + 1
+    callbacks = [keras.callbacks.TensorBoard(logdir, profile_batch=(first_step, last_step)),
+                 StepMarkers(), *fit_kwargs.pop("callbacks", [])]
+    before = _traces(logdir)
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=callbacks,
+              **fit_kwargs)
+    new = [path for path, mtime in _traces(logdir).items() if before.get(path) != mtime]
+    if not new:
+        raise RuntimeError(f"the profiler wrote no trace under {logdir}")
+    return max(new, key=os.path.getmtime)
+
+
+def build_model(jit_compile=True, accelerated=True, features=8, hidden=30, seed=0):
+    """The notes' regressor from fastcustom's classes: MyDense(selu) x 2 -> MyDense(1),
+    HuberLoss and HuberMetric (threshold 2), Nadam; accelerated unless asked not to."""
+    import keras
+
+    import fastcustom
 
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((features,)),
-                              MyDense(hidden, activation="selu"),
-                              MyDense(hidden, activation="selu"),
-                              MyDense(1)])
-    model.compile(optimizer="sgd", loss=HuberLoss(), metrics=[HuberMetric()],
-                  jit_compile=jit_compile)
+                              fastcustom.MyDense(hidden, activation="selu"),
+                              fastcustom.MyDense(hidden, activation="selu"),
+                              fastcustom.MyDense(1)])
+    model.compile(optimizer="nadam", loss=fastcustom.HuberLoss(2.0),
+                  metrics=[fastcustom.HuberMetric(2.0)])
+    if accelerated:
+        fastcustom.accelerate(model, jit_compile="auto" if jit_compile else False)
     return model
 
 
-def profile_training(logdir, steps=20, batch_size=32, jit_compile=True, warmup_steps=2):
-    """Train `steps` batches under the profiler (after `warmup_steps` unprofiled ones).
-
-    Returns the path of the trace the profiler wrote.
-    """
+def run(logdir, steps=10, batch_size=32, jit_compile=True, accelerated=True, top=10):
+    """The `profile` command: profile the notes' model, say where the trace is and how to
+    open it, and summarize it."""
     import numpy as np
-    import tensorflow as tf
 
-    model = build_model(jit_compile=jit_compile)
-    features = model.input_shape[-1]
+    from fastcustom.trace_summary import format_summary, summarize
+
+    require_profile_packages()
+    model = build_model(jit_compile=jit_compile, accelerated=accelerated)
+    first_step = 5
+    samples = batch_size * (first_step + steps + 1)
     rng = np.random.default_rng(0)
-    total = warmup_steps + steps
-    x = rng.standard_normal((total, batch_size, features)).astype("float32")
-    y = (x.sum(-1, keepdims=True) + rng.standard_normal((total, batch_size, 1))).astype("float32")
-    for step in range(warmup_steps):          # trace and compile outside the profile
-        model.train_on_batch(x[step], y[step])
-    pattern = os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")
-    before = {path: os.path.getmtime(path) for path in glob.glob(pattern)}
-    with native_stderr_captured():
-        tf.profiler.experimental.start(logdir)
-        try:
-            for step in range(warmup_steps, total):
-                with tf.profiler.experimental.Trace("train", step_num=step, _r=1):
-                    model.train_on_batch(x[step], y[step])
-        finally:
-            tf.profiler.experimental.stop()
-    new = sorted((path for path in glob.glob(pattern)
-                  if os.path.getmtime(path) != before.get(path)), key=os.path.getmtime)
-    if not new:
-        raise RuntimeError(f"the profiler wrote no trace under {logdir}/plugins/profile")
-    return new[-1]
-
-
-@dataclass(frozen=True)
-class TraceSummary:
-    """Where the time went, largest first: XLA modules and ops, custom ops, TF ops."""
-
-    xla_modules: list   # [(module, microseconds)]
-    xla_ops: list       # [(op, module, occurrences, microseconds)]
-    custom_ops: list    # [(op type, occurrences, microseconds)]
-    tf_ops: list        # [(op type, op name, occurrences, self microseconds, share of host)]
-
-
-def _tool(xplane_path, tool):
-    from xprof.convert import raw_to_tool_data
-
-    with native_stderr_captured():
-        data, _ = raw_to_tool_data.xspace_to_tool_data([xplane_path], tool, {})
-    if data is None:
-        raise RuntimeError(f"xprof could not build its {tool!r} tool from {xplane_path}")
-    return json.loads(data)
-
-
-def short_module_name(module):
-    """An XLA module name without TF's `__XlaMustCompile_..._config_proto_...` suffix."""
-    return module.split("__XlaMustCompile")[0]
-
-
-def _event_totals(xplane_path):
-    """From xprof's trace_viewer events: time per XLA module, per XLA op, per custom op.
-
-    XLA ops carry `hlo_op`/`hlo_module` arguments. TF op events are named
-    "name:Type"; a namespaced custom type ("FastCustom>HuberPerSample") is
-    skipped by xprof's framework_op_stats (its type pattern has no ">"), so
-    those are counted here.
-    """
-    modules = defaultdict(float)
-    xla_ops = defaultdict(lambda: [0, 0.0])
-    custom_ops = defaultdict(lambda: [0, 0.0])
-    for event in _tool(xplane_path, "trace_viewer")["traceEvents"]:
-        if event.get("ph") != "X":
-            continue
-        args, duration = event.get("args", {}), event.get("dur", 0.0)
-        if "hlo_op" in args and "hlo_module" in args:
-            module = short_module_name(args["hlo_module"])
-            modules[module] += duration
-            entry = xla_ops[(args["hlo_op"], module)]
-        elif ">" in event["name"].rpartition(":")[2]:
-            entry = custom_ops[event["name"].rpartition(":")[2]]
-        else:
-            continue
-        entry[0] += 1
-        entry[1] += duration
-    return modules, xla_ops, custom_ops
-
-
-def _framework_ops(xplane_path):
-    """Rows of xprof's framework_op_stats table (the one without IDLE), as dicts."""
-    tables = _tool(xplane_path, "framework_op_stats")
-    table = tables[-1] if isinstance(tables, list) else tables
-    columns = [column["id"] for column in table["cols"]]
-    rows = [dict(zip(columns, (cell.get("v") if cell else None for cell in row["c"])))
-            for row in table["rows"]]
-    return [row for row in rows if row["type"] != "IDLE"]
-
-
-def _largest(totals, top):
-    entries = [(*key, count, time) if isinstance(key, tuple) else (key, count, time)
-               for key, (count, time) in totals.items()]
-    return sorted(entries, key=lambda entry: -entry[-1])[:top]
-
-
-def summarize(xplane_path, top=10):
-    """The `TraceSummary` of one trace file, `top` entries per table."""
-    require_profile_packages()
-    modules, xla_ops, custom_ops = _event_totals(xplane_path)
-    tf_rows = sorted(_framework_ops(xplane_path), key=lambda row: -row["total_self_time"])
-    return TraceSummary(
-        xla_modules=sorted(modules.items(), key=lambda entry: -entry[1]),
-        xla_ops=_largest(xla_ops, top),
-        custom_ops=_largest(custom_ops, top),
-        tf_ops=[(row["type"], row["operation"], int(row["occurrences"]),
-                 row["total_self_time"], row.get("host_total_self_time_percent") or 0.0)
-                for row in tf_rows[:top]])
-
-
-def format_summary(summary):
-    """The summary as plain-text tables."""
-    lines = ["XLA modules (time in their ops):"]
-    lines += [f"  {us:10.1f} us  {module}" for module, us in summary.xla_modules] or ["  (none)"]
-    lines += ["", "Top XLA ops (fusions, dots, ...) by time:"]
-    lines += [f"  {us:10.1f} us  {count:5d} x  {op:32s} [{module}]"
-              for op, module, count, us in summary.xla_ops] or ["  (none)"]
-    lines += ["", "Custom (namespaced) ops, e.g. fastcustom's fused kernels, by time:"]
-    lines += [f"  {us:10.1f} us  {count:5d} x  {op_type}"
-              for op_type, count, us in summary.custom_ops] or ["  (none)"]
-    lines += ["", "Top TensorFlow ops by self time (host):"]
-    lines += [f"  {us:10.1f} us  {share:6.1%}  {count:5d} x  {op_type:24s} {name}"
-              for op_type, name, count, us, share in summary.tf_ops] or ["  (none)"]
-    return "\n".join(lines)
-
-
-def run(logdir, steps=20, batch_size=32, jit_compile=True, top=10):
-    """The `profile` command: profile, print where the trace is, how to open it, the summary."""
-    require_profile_packages()
-    trace = profile_training(logdir, steps=steps, batch_size=batch_size, jit_compile=jit_compile)
-    mode = "jit_compile=True (XLA)" if jit_compile else "jit_compile=False"
-    print(f"Profiled {steps} training steps of MyDense x 3 + HuberLoss + HuberMetric, {mode}.")
-    print(f"Trace: {trace}")
+    x = rng.standard_normal((samples, 8)).astype("float32")
+    y = np.tanh(x[:, :1] + 0.5 * x[:, 1:2]).astype("float32")
+    trace = profile_fit(model, x, y, logdir, first_step=first_step, steps=steps,
+                        batch_size=batch_size, shuffle=False)
+    how = ("accelerated model.fit" if accelerated else "model.fit") + \
+        (", XLA" if jit_compile else ", no XLA")
+    print(f"Profiled training steps {first_step} to {first_step + steps - 1} of the notes' "
+          f"model (MyDense x 3, HuberLoss, HuberMetric), {how}.")
     print(f"Open it: tensorboard --logdir {logdir}   (then the Profile tab)")
     print()
     print(format_summary(summarize(trace, top=top)))
     return trace
+
+
+def summarize_command(path, top=10):
+    """`fastcustom profile --summarize PATH`: the summary of the newest trace under PATH."""
+    from fastcustom.trace_summary import format_summary, summarize
+
+    require_profile_packages()
+    print(format_summary(summarize(path, top=top)))

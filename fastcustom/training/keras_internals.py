@@ -121,6 +121,28 @@ def profile_window(tensorboard):
     return None
 
 
+def tensorboard_profiles(tensorboard, on):
+    """Let a `keras.callbacks.TensorBoard` start and stop its profile in its batch hooks
+    (`on`), or not (the accelerated loop does it)."""
+    tensorboard._should_trace = on
+
+
+def start_tensorboard_trace(tensorboard):
+    """The callback's own start of its profile (the profiler, into its `train` folder)."""
+    tensorboard._start_trace()
+
+
+def stop_tensorboard_trace(tensorboard, batch):
+    """The callback's own end of its profile (the trace saved, named after `batch`)."""
+    tensorboard._stop_trace(batch=batch)
+
+
+def set_tensorboard_batch(tensorboard, batch):
+    """Set the batch counter a `keras.callbacks.TensorBoard` steps its summaries and its
+    profile window by (it adds one in `on_train_batch_begin`)."""
+    tensorboard._global_train_batch = batch
+
+
 # -- data --------------------------------------------------------------------------------
 def unpack_x_y_sample_weight(data):
     """(x, y, sample_weight) of a data tuple, as Keras's steps unpack it."""

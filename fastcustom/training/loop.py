@@ -285,6 +285,19 @@ class CompiledLoops:
             else last_outputs
         return logs, report, failed_at
 
+    def _one(self, kind, window, index, tail):
+        """One step, no loop: batch `index` of `window`, or `tail` when `index` is None."""
+        outputs, report = self._run(kind, window, index, tail)
+        logs = self.model.get_metrics_result() if self._steps_log_metrics[kind] else outputs
+        failed_at = tf.where(tf.equal(report[0], 0), -1, -2 if index is None else index)
+        return logs, report, failed_at
+
+    def _train_one(self, window, index, tail):
+        return self._one("train", window, index, tail)
+
+    def _test_one(self, window, index, tail):
+        return self._one("test", window, index, tail)
+
     def _train(self, window, start, stop, tail):
         return self._train_or_test("train", window, start, stop, tail)
 
@@ -340,7 +353,7 @@ class CompiledLoops:
         of its own (looked up here by `_signature`, then called directly); under several
         replicas (per-replica values, a plain graph) the tf.function itself."""
         per_iteration = self.steps_per_iteration(_batch_rows(args[0])) \
-            if kind != "predict" else 1
+            if kind in ("train", "test") else 1
         key = (kind, self._xla, per_iteration, _signature(args))
         if key not in self._traces:
             function = tf.function(getattr(self, f"_{kind}"), jit_compile=self._xla,
@@ -373,6 +386,12 @@ class CompiledLoops:
         start = tf.constant(call.start, tf.int32)
         if kind == "predict":
             args = (call.window, start, call.stop - call.start, call.tail)
+        elif call.steps == 1 and not self._xla and self.replicas == 1:
+            # A plain graph runs one step without a loop: the profiler groups its ops
+            # under the step's marker (a TF while loop's iterations it does not), and a
+            # step run alone is where a profile is taken.
+            kind = f"{kind}_one"
+            args = (call.window, None if call.tail is not None else start, call.tail)
         else:
             args = (call.window, start, tf.constant(call.stop, tf.int32), call.tail)
         result, report, failed_at = self._call(kind, args)

@@ -18,6 +18,7 @@ axis or under several replicas, sparse or ragged inputs), then prepares the data
 and callbacks, then runs the epochs.
 """
 
+import contextlib
 import numbers
 import warnings
 
@@ -25,9 +26,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fastcustom.callbacks import StepMarkers
 from fastcustom.distributed.callbacks import LaunchProgress, for_this_worker, with_launch_progress
 from fastcustom.training import keras_internals
 from fastcustom.training.loop import compiled_loops
+from fastcustom.training import profiling
 from fastcustom.training.sources import ArraySource, StreamSource, epoch_order, shuffle_rng
 
 # Steps per call when a callback has batch hooks and the model's `steps_per_execution` is 1.
@@ -35,7 +38,8 @@ DEFAULT_STEPS_PER_CALL = 32
 
 # Callbacks whose batch hooks are bookkeeping (Keras's; the launcher's progress), not a
 # user's: they don't need calls shorter than an epoch.
-_EPOCH_LEVEL = (keras.callbacks.History, keras.callbacks.ProgbarLogger, LaunchProgress)
+_EPOCH_LEVEL = (keras.callbacks.History, keras.callbacks.ProgbarLogger, LaunchProgress,
+                StepMarkers)
 
 _said = set()
 
@@ -126,9 +130,8 @@ def _has_batch_hooks(callback, kind):
         return False
     if getattr(callback, "save_freq", None) == "epoch":  # ModelCheckpoint, BackupAndRestore
         return False
-    if isinstance(callback, keras.callbacks.TensorBoard):
-        return (kind == "train" and callback.update_freq != "epoch") \
-            or keras_internals.profile_window(callback) is not None
+    if isinstance(callback, keras.callbacks.TensorBoard):   # its profile: StepMarkers
+        return kind == "train" and callback.update_freq != "epoch"
     hooks = [f"on_{kind}_batch_begin", f"on_{kind}_batch_end"]
     if kind == "train":
         hooks += ["on_batch_begin", "on_batch_end"]
@@ -182,23 +185,32 @@ def _build(model, batch, compiled=True):
 
 
 # -- running: the epochs ------------------------------------------------------------------
-def _epoch(model, loops_of, kind, source, calls, callbacks, stop_attribute, build=None):
+def _epoch(model, loops_of, kind, source, calls, callbacks, stop_attribute, build=None,
+           markers=None):
     """One epoch of `kind` calls with the batch hooks Keras calls per execution: the
     last call's logs (train, test) or the outputs of each call (predict). `build(batch)`
     runs before the first call, with its first batch (a stream's model is built from
     the first batch read, as Keras builds it when its step is traced); `loops_of()`
-    gives the model's compiled loops, once it is built."""
+    gives the model's compiled loops, once it is built. With `markers`
+    (`profiling.StepMarkers`, training) the calls are cut where a profile is taken and
+    each step there runs in the profiler's step marker."""
     logs, outputs, loops = {}, [], None
     begin = getattr(callbacks, f"on_{kind}_batch_begin")
     end = getattr(callbacks, f"on_{kind}_batch_end")
+    marked = markers.calls(calls) if markers is not None else ((call, None) for call in calls)
     with source.catch_stop_iteration():
-        for call in calls:
+        for call, step_num in marked:
             if build is not None:
                 build(call.first_batch())
                 build = None
             loops = loops or loops_of()
+            if markers is not None:
+                markers.before_call(call)
             begin(call.step)
-            result = loops.run(kind, call)
+            with markers.marker(step_num) if step_num is not None else contextlib.nullcontext():
+                result = loops.run(kind, call)
+            if markers is not None:
+                markers.after_call(call)
             if kind == "predict":
                 outputs.append(result)
                 end(call.step + call.steps - 1, {"outputs": result})
@@ -292,6 +304,7 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
     train.reset()
     callbacks = _callback_list(model, callbacks, verbose, train.steps, add_history=True,
                                epochs=epochs)
+    markers = profiling.StepMarkers(callbacks.callbacks)
     shuffled = isinstance(train, ArraySource) and shuffle
     rng = shuffle_rng(seed) if shuffled else None
     model.stop_training = False
@@ -313,7 +326,8 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
         calls = train.calls(epoch_order(rng, train.num_samples, shuffle) if shuffled else None,
                             per_call["train"]) if isinstance(train, ArraySource) \
             else train.calls()
-        logs = _epoch(model, loops_of, "train", train, calls, callbacks, "stop_training", build)
+        logs = _epoch(model, loops_of, "train", train, calls, callbacks, "stop_training", build,
+                      markers)
         build = None
         epoch_logs = dict(keras_internals.metrics_result_or_logs(model, logs))
         if validation.data is not None and keras_internals.should_eval(model, epoch,
@@ -327,6 +341,7 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
     if isinstance(model.optimizer, keras.optimizers.Optimizer) and epochs > 0:
         model.optimizer.finalize_variable_values(model.trainable_weights)
     callbacks.on_train_end(logs=training_logs)
+    markers.end()
     model.history.params["compiled_with"] = loops_of().compiled_with
     return model.history
 
