@@ -14,7 +14,9 @@ def test_training_from_tfrecord_files_keeps_memory_flat(tmp_path, run_python):
     first, *_, last = report["rss_mb"]
     assert report["bytes_on_disk"] > 250e6                  # a few hundred MB on disk
     assert abs(last - first) <= 0.05 * first, report        # flat over the epochs
-    grown = last - report["rss_before_fit_mb"]   # never held whole: 300 MB on disk
-    assert grown < 0.5 * report["bytes_on_disk"] / 2**20, report
+    # never held whole: the fit's own growth (compilation, tf.data's buffers: about 170 MB
+    # here) stays below the 286 MB of data, which a cached data set would add on top
+    grown = last - report["rss_before_fit_mb"]
+    assert grown < report["bytes_on_disk"] / 2**20, report
     assert report["compiled_with"] == "xla"
     assert report["loss"][-1] < report["loss"][0]
