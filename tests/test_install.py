@@ -123,7 +123,7 @@ def test_python_m_build_wheel_carries_the_op_and_a_tensorflow_change_is_rebuilt(
     with tarfile.open(sdist) as archive:
         names = archive.getnames()
         archive.extractall(tmp_path / "sdist", filter="data")
-    assert any(n.endswith("csrc/huber_ops.cc") for n in names)
+    assert any(n.endswith("csrc/huber_op_definitions.cc") for n in names)
     assert not any(n.endswith((".so", ".so.json")) for n in names)
     (unpacked,) = (tmp_path / "sdist").iterdir()
     subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(unpacked)],
@@ -134,7 +134,7 @@ def test_python_m_build_wheel_carries_the_op_and_a_tensorflow_change_is_rebuilt(
         metadata = _wheel_member(wheel, ".dist-info/METADATA").decode()
         names = wheel.namelist()
     assert record["abi"] == "tf2.21-cxx11abi1" and record["tensorflow"].startswith("2.21.")
-    assert "fastcustom/ops/_huber_ops.so" in names and "fastcustom/_csrc/huber_ops.cc" in names
+    assert "fastcustom/ops/_huber_ops.so" in names and "fastcustom/_csrc/huber_op_definitions.cc" in names
     assert "fastcustom/cli.py" in names
     assert re.search(r"Requires-Dist: tensorflow-cpu<2\.22,>=2\.21; extra == \"cpu\"", metadata), metadata
 
