@@ -21,9 +21,7 @@ variant's functions only.
 
 import os
 import pathlib
-import re
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -164,23 +162,6 @@ def test_bad_arguments_are_refused(cores):
         lib.per_sample(x, x.astype(np.float64))
 
 
-def functions_with_zmm(library):
-    """Names (demangled) of the functions in `library` whose code uses AVX-512's zmm registers."""
-    objdump = shutil.which("objdump")
-    if objdump is None:
-        pytest.skip("no objdump (binutils)")
-    listing = subprocess.run([objdump, "-d", "-C", "--no-show-raw-insn", str(library)],
-                             capture_output=True, text=True, check=True).stdout
-    found, function = set(), None
-    for line in listing.splitlines():
-        header = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
-        if header:
-            function = header.group(1)
-        elif function and "%zmm" in line:
-            found.add(function)
-    return found
-
-
 def op_library():
     """The op library of the fastcustom under test, when it was built portable."""
     import fastcustom  # lazy: no TensorFlow
@@ -197,7 +178,9 @@ def op_library():
 def test_avx512_instructions_only_in_the_avx512_variant(built, which):
     """Every CPU that runs x86-64-v3 runs the library: the AVX-512 variant's functions are the
     only ones with AVX-512 registers (the standard library's inline code included)."""
-    zmm = functions_with_zmm(built if which == "core" else op_library())
+    zmm = core.functions_using_zmm(built if which == "core" else op_library())
+    if zmm is None:
+        pytest.skip("no objdump (binutils)")
     assert zmm, "no AVX-512 code at all: the AVX-512 variant was not compiled for AVX-512"
     outside = sorted(f for f in zmm if "fastcustom::cpu::avx512::" not in f)
     assert not outside, f"AVX-512 code outside the AVX-512 variant: {outside[:5]}"

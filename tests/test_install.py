@@ -10,6 +10,7 @@ it into a fresh virtual environment (minutes: set FASTCUSTOM_TEST_INSTALL=1, as 
 import json
 import os
 import pathlib
+import platform
 import re
 import shutil
 import subprocess
@@ -24,6 +25,10 @@ from fastcustom import build_ops
 from fastcustom.ops import library
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench" / "cpu"))
+import core  # noqa: E402  (bench/cpu/core.py: the machine code's AVX-512 functions)
+
+X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 REQUIRE_OPS = os.environ.get("FASTCUSTOM_REQUIRE_OPS") == "1"
 requires_ops = pytest.mark.skipif(
     not REQUIRE_OPS, reason="set FASTCUSTOM_REQUIRE_OPS=1 where the op library must be built (CI)")
@@ -133,7 +138,12 @@ def test_python_m_build_wheel_carries_the_op_and_a_tensorflow_change_is_rebuilt(
         record = json.loads(_wheel_member(wheel, "fastcustom/ops/_huber_ops.so.json"))
         metadata = _wheel_member(wheel, ".dist-info/METADATA").decode()
         names = wheel.namelist()
+        (tmp_path / "wheel_library.so").write_bytes(_wheel_member(wheel, "fastcustom/ops/_huber_ops.so"))
     assert record["abi"] == "tf2.21-cxx11abi1" and record["tensorflow"].startswith("2.21.")
+    if X86_64:  # portable: x86-64-v3 code, the kernels also for AVX-512 (docs/building.md)
+        assert record["cpu_target"] == "x86-64-v3" and record["cpu_kernels"] == ["avx2", "avx512"]
+        zmm = core.functions_using_zmm(tmp_path / "wheel_library.so")
+        assert zmm is None or (zmm and all("fastcustom::cpu::avx512::" in f for f in zmm)), zmm
     assert "fastcustom/ops/_huber_ops.so" in names and "fastcustom/_csrc/huber_op_definitions.cc" in names
     assert "fastcustom/cli.py" in names
     assert re.search(r"Requires-Dist: tensorflow-cpu<2\.22,>=2\.21; extra == \"cpu\"", metadata), metadata
@@ -156,6 +166,12 @@ def test_python_m_build_wheel_carries_the_op_and_a_tensorflow_change_is_rebuilt(
     status, _ = info()
     assert status["path"] == "fused-op", status["reason"]
     assert status["library"].startswith(str(venv)) and status["library_built_for"] == record["tensorflow"]
+    assert status["library_cpu_target"] == record["cpu_target"]
+    if X86_64:
+        assert status["cpu_kernels"] in ("avx2", "avx512")
+        env["FASTCUSTOM_CPU_ISA"] = "avx2"
+        assert info()[0]["cpu_kernels"] == "avx2"
+        del env["FASTCUSTOM_CPU_ISA"]
 
     installed_record = pathlib.Path(build_ops.record_path(status["library"]))
     installed_record.write_text(json.dumps(dict(record, tensorflow="2.20.0", abi="tf2.20-cxx11abi1")))

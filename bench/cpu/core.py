@@ -4,6 +4,9 @@
     core = CpuCore(build(folder, native=True))  # -march=native
     loss = core.per_sample(y_true, y_pred, threshold=1.0, threads=2)
 
+`functions_using_zmm(path)` lists the functions of a library (the op library too) whose
+machine code uses AVX-512's zmm registers: in a portable build, the AVX-512 variant's only.
+
 `build` compiles the core with fastcustom/build_ops.py's flags and variants (the op
 library's CPU code, less TensorFlow) and its C API (csrc/cpu/huber_cpu_capi.cc). Arrays
 are NumPy: float16, float32, float64, or uint16 holding bfloat16 bits (bench/gpu/harness.py's
@@ -16,7 +19,9 @@ import ctypes
 import importlib.util
 import os
 import pathlib
+import re
 import shutil
+import subprocess
 
 import numpy as np
 
@@ -41,6 +46,24 @@ def build(folder, native=False):
     build_ops_module().build_cpu_core_library(str(output), str(folder / "objects"),
                                               sources=str(ROOT / "csrc"), native=native)
     return output
+
+
+def functions_using_zmm(library):
+    """Demangled names of the functions in the shared library `library` whose code uses
+    AVX-512's zmm registers (objdump from binutils; None where it is missing)."""
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        return None
+    listing = subprocess.run([objdump, "-d", "-C", "--no-show-raw-insn", str(library)],
+                             capture_output=True, text=True, check=True).stdout
+    found, function = set(), None
+    for line in listing.splitlines():
+        header = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+        if header:
+            function = header.group(1)
+        elif function and "%zmm" in line:
+            found.add(function)
+    return found
 
 
 class CoreError(RuntimeError):
