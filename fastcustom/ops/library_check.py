@@ -9,7 +9,8 @@ instructions this CPU lacks stops it with SIGILL. So before `tf.load_op_library`
   section header table is at the end);
 * its build record (`<library>.json`, fastcustom/build_ops.py): the file's SHA-256 must be
   the one the build wrote (other damage, or a file replaced since), and this CPU must have
-  every feature the build compiled for (`cpu_flags`, /proc/cpuinfo names).
+  every feature the build compiled for (`cpu_flags`, /proc/cpuinfo names; a record without
+  them is an earlier fastcustom's, built with -march=native for a CPU it did not record).
 
 A library without a record (one named by FASTCUSTOM_OPS_LIBRARY, built elsewhere) gets the
 ELF check only. Plain Python: no TensorFlow, no loading.
@@ -96,9 +97,12 @@ def elf_problem(data):
 
 
 def cpu_problem(record):
-    """Why this CPU cannot run the library `record` describes (features it lacks), or None
-    (also where /proc/cpuinfo cannot be read: nothing to compare)."""
-    needed = record.get("cpu_flags") or []
+    """Why this CPU cannot run the library `record` describes (features it lacks, or a record
+    that does not say), or None (also where /proc/cpuinfo cannot be read: nothing to compare)."""
+    if "cpu_flags" not in record:  # fastcustom 0.1's builds were -march=native, CPU unrecorded
+        return ("its build record does not list the CPU features it was compiled for (an older "
+                "fastcustom's build, for the CPU that built it)")
+    needed = record["cpu_flags"]
     here = build_ops.cpu_flags()
     if not needed or here is None:
         return None
