@@ -374,7 +374,7 @@ def build_cpu_core_library(output, build_temp, sources=None, native=None):
     sources = os.path.abspath(sources or source_root())
     cxx = os.environ.get("CXX", "g++")
     target = CpuTarget(native, cxx)
-    cxx_flags = [cxx, "-std=c++17", "-fPIC", "-ffp-contract=off", "-O3", "-DNDEBUG", "-Wall",
+    cxx_flags = [cxx, "-std=c++17", "-fPIC", "-ffp-contract=off", "-O3", "-DNDEBUG",
                  f"-I{sources}"]
     os.makedirs(build_temp, exist_ok=True)
     jobs = target.compile_jobs(cxx_flags, sources, build_temp)

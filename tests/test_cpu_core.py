@@ -16,12 +16,15 @@ tolerances. Then the promise the op's digests rest on: the same bits on 1 or 3 t
 in every variant this CPU can run (on a CPU without AVX-512 that is the AVX2 variant alone;
 between variants, a NaN is a NaN where the other has one, its sign and payload aside),
 and the variants' instruction sets in the machine code: AVX-512 registers in the AVX-512
-variant's functions only.
+variant's functions only. Where qemu-user is installed (`apt-get install qemu-user`), the
+library also runs on an emulated AVX2-only EPYC: its AVX2 kernels, the same bits.
 """
 
+import json
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -184,3 +187,45 @@ def test_avx512_instructions_only_in_the_avx512_variant(built, which):
     assert zmm, "no AVX-512 code at all: the AVX-512 variant was not compiled for AVX-512"
     outside = sorted(f for f in zmm if "fastcustom::cpu::avx512::" not in f)
     assert not outside, f"AVX-512 code outside the AVX-512 variant: {outside[:5]}"
+
+
+# Every kernel on a few cases (NaN and inf among them) in the variant the dispatch picks, as
+# digests with every NaN made one NaN: `python -c DIGESTS <library>`.
+DIGESTS = f"""
+import hashlib, json, sys
+sys.path[:0] = [{str(ROOT / "bench" / "cpu")!r}, {str(ROOT / "bench" / "gpu")!r}]
+import numpy as np
+import core, harness
+lib = core.CpuCore(sys.argv[1])
+rng = np.random.default_rng(3)
+digests = {{}}
+for name, dtype in harness.DTYPES.items():
+    for shape in [(4096, 16), (999, 17), (3, 20001), (8, 19)]:
+        case = harness.special_values_case if shape == (8, 19) else harness.random_case
+        stored, _ = case(rng, dtype, *shape)
+        t, p = stored["y_true"].reshape(shape), stored["y_pred"].reshape(shape)
+        results = [lib.per_sample(t, p, 1.0, 2), lib.per_sample_grad(t, p, stored["grad"], 1.0, 2),
+                   np.array(lib.weighted_total(t, p, None, 1.0, 2)),
+                   np.array(lib.weighted_total(t, p, stored["w_row"], 1.0, 2))]
+        values = [r if r.dtype == np.float64 else dtype.decode(r) for r in results]
+        digest = hashlib.sha256(b"".join(np.where(np.isnan(v), np.nan, v).tobytes() for v in values))
+        digests[f"{{name}}{{shape}}"] = digest.hexdigest()
+print(json.dumps({{"isa": lib.isa, "digests": digests}}))
+"""
+
+
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None or
+                    core.build_ops_module().CpuTarget(native=False).name != "x86-64-v3",
+                    reason="needs qemu-user (qemu-x86_64) to emulate a CPU without AVX-512")
+def test_a_cpu_without_avx512_runs_the_avx2_variant(built):
+    """Under qemu-user as an AVX2-only EPYC (Zen 2: no AVX-512; qemu stops a program with
+    SIGILL at the first instruction that CPU lacks), the library picks its AVX2 kernels and
+    gives the bits it gives on this machine (AVX-512 here, where there is AVX-512)."""
+    here, emulated = (subprocess.run([*prefix, sys.executable, "-c", DIGESTS, str(built)],
+                                     capture_output=True, text=True, timeout=600)
+                      for prefix in ([], ["qemu-x86_64", "-cpu", "EPYC-Rome"]))
+    assert here.returncode == 0, here.stderr[-3000:]
+    assert emulated.returncode == 0, emulated.stderr[-3000:]
+    here, emulated = (json.loads(r.stdout.strip().splitlines()[-1]) for r in (here, emulated))
+    assert emulated["isa"] == "avx2"
+    assert emulated["digests"] == here["digests"]
