@@ -2,7 +2,7 @@
 
     core = CpuCore(build(folder))              # portable: AVX2 + AVX-512 variants
     core = CpuCore(build(folder, native=True))  # -march=native
-    loss = core.per_sample(y_true, y_pred, threshold=1.0, threads=2)
+    loss = core.per_sample(y_true, y_pred, threshold=1.0, threads=2)   # out=: write in place
 
 `functions_using_zmm(path)` lists the functions of a library (the op library too) whose
 machine code uses AVX-512's zmm registers: in a portable build, the AVX-512 variant's only.
@@ -124,21 +124,30 @@ class CpuCore:
             raise ValueError("inputs of rank >= 1")
         return int(np.prod(y.shape[:-1], dtype=np.int64)), int(y.shape[-1])
 
-    def per_sample(self, y_true, y_pred, threshold=1.0, threads=1):
+    @staticmethod
+    def _output(out, shape, dtype):
+        """`out` (a C-contiguous array of that shape and dtype, written in place), or a new one."""
+        if out is None:
+            return np.empty(shape, dtype)
+        if out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {dtype} array of shape {tuple(shape)}")
+        return out
+
+    def per_sample(self, y_true, y_pred, threshold=1.0, threads=1, out=None):
         """[..., D] -> [...]: the mean of h over the last axis."""
         (t, p), code = self._inputs(y_true, y_pred)
         rows, depth = self._rows_depth(p)
-        out = np.empty(p.shape[:-1], p.dtype)
+        out = self._output(out, p.shape[:-1], p.dtype)
         self._check(self.lib.fastcustom_huber_cpu_per_sample(
             code, t.ctypes.data, p.ctypes.data, rows, depth, threshold, out.ctypes.data, threads),
             "per_sample")
         return out
 
-    def per_sample_grad(self, y_true, y_pred, grad, threshold=1.0, threads=1):
+    def per_sample_grad(self, y_true, y_pred, grad, threshold=1.0, threads=1, out=None):
         """[..., D], [...] -> [..., D]: grad / D * dh/dy_pred."""
         (t, p, g), code = self._inputs(y_true, y_pred, grad)
         rows, depth = self._rows_depth(p)
-        out = np.empty(p.shape, p.dtype)
+        out = self._output(out, p.shape, p.dtype)
         self._check(self.lib.fastcustom_huber_cpu_per_sample_grad(
             code, t.ctypes.data, p.ctypes.data, g.ctypes.data, rows, depth, threshold,
             out.ctypes.data, threads), "per_sample_grad")
@@ -156,11 +165,11 @@ class CpuCore:
             out.ctypes.data, threads), "weighted_total")
         return float(out[0]), float(out[1])
 
-    def mean_with_grad(self, y_true, y_pred, threshold=1.0, threads=1):
+    def mean_with_grad(self, y_true, y_pred, threshold=1.0, threads=1, out=None):
         """(mean h over every element, its gradient w.r.t. y_pred); float32 and float64."""
         (t, p), code = self._inputs(y_true, y_pred)
         rows, depth = self._rows_depth(p)
-        mean, grad = np.empty(1, p.dtype), np.empty(p.shape, p.dtype)
+        mean, grad = np.empty(1, p.dtype), self._output(out, p.shape, p.dtype)
         self._check(self.lib.fastcustom_huber_cpu_mean_with_grad(
             code, t.ctypes.data, p.ctypes.data, rows, depth, threshold, mean.ctypes.data,
             grad.ctypes.data, threads), "mean_with_grad")
