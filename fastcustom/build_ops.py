@@ -130,9 +130,9 @@ class CpuTarget:
             self.dispatch = ["-DFASTCUSTOM_CPU_VARIANT=generic"]
             self.cpu_flags = []
 
-    def compile_jobs(self, cxx_flags, sources, build_temp, dispatch=CPU_DISPATCH):
+    def compile_jobs(self, cxx_flags, sources, build_temp):
         """(command, object) for the CPU core: the dispatch once, the kernels once per variant."""
-        jobs = [self._job(cxx_flags + self.march + self.dispatch, sources, dispatch, build_temp, "")]
+        jobs = [self._job(cxx_flags + self.march + self.dispatch, sources, CPU_DISPATCH, build_temp, "")]
         for variant, flags in self.variants:
             jobs.append(self._job(cxx_flags + self.march + flags, sources, CPU_KERNELS, build_temp,
                                   f"_{variant}"))
