@@ -153,8 +153,10 @@ def test_python_m_build_wheel_carries_the_op_and_a_tensorflow_change_is_rebuilt(
     python, fastcustom = venv / "bin" / "python", venv / "bin" / "fastcustom"
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"{wheel_path}[cpu]"],
                    check=True, capture_output=True, timeout=1800)
+    # As a user runs it: no TF_CPP_MIN_LOG_LEVEL (conftest sets one for the tests' own
+    # TensorFlow, and a level the user set keeps TensorFlow's start-up lines on stderr).
     env = {k: v for k, v in os.environ.items()
-           if k not in ("FASTCUSTOM_OPS_LIBRARY", "PYTHONPATH", "VIRTUAL_ENV")}
+           if k not in ("FASTCUSTOM_OPS_LIBRARY", "PYTHONPATH", "VIRTUAL_ENV", "TF_CPP_MIN_LOG_LEVEL")}
     env["FASTCUSTOM_CACHE_DIR"] = str(tmp_path / "cache")
 
     def info():
