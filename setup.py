@@ -19,7 +19,9 @@ command. When the compiler fails the package installs without the library and
 
 Environment:
   FASTCUSTOM_BUILD_OPS=0   skip the op library (a pure-Python package)
-  FASTCUSTOM_NATIVE=0      portable code: no -march=native
+  FASTCUSTOM_NATIVE=1      code for this machine's CPU only (-march=native); by default the
+                           library is portable: x86-64-v3 (AVX2) code, its kernels also
+                           compiled for AVX-512 and chosen at run time (docs/building.md)
   FASTCUSTOM_CUDA=0 / 1    never / always compile the CUDA kernels (the default is in
                            fastcustom/build_ops.py: nvcc found and TensorFlow built with
                            CUDA or a CUDA driver installed)

@@ -1,10 +1,11 @@
-// The GPU functors of the FastCustom>Huber* ops (huber_kernels.h; their
-// OpKernels are huber_kernels_cpu.cc's, registered there for DEVICE_GPU): the
-// TF-free CUDA core in cuda/huber_cuda.h on the op's stream, with scratch from
-// TF's allocator. No device code lives here, so this file builds with nvcc
-// (-x cu) or with the host compiler, given -DGOOGLE_CUDA=1, TensorFlow's
-// compile flags and the CUDA include directory. Threshold is the host-side
-// float64 scalar; weights are null (kNone), N or N * D entries.
+// The GPU kernels of the FastCustom>Huber* ops (GOOGLE_CUDA builds): the functors
+// (huber_functors.h) of HuberPerSample, HuberPerSampleGrad and HuberWeightedTotal,
+// which run the TF-free CUDA core in cuda/huber_cuda.h on the op's stream with
+// scratch from TF's allocator, and their registration for DEVICE_GPU (the mean
+// ops have CPU kernels only). No device code lives here, so this file builds
+// with nvcc (-x cu) or with the host compiler, given -DGOOGLE_CUDA=1,
+// TensorFlow's compile flags and the CUDA include directory. Threshold is the
+// host-side float64 scalar; weights are null (kNone), N or N * D entries.
 #if GOOGLE_CUDA
 
 #define EIGEN_USE_GPU
@@ -14,7 +15,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "cuda/huber_cuda.h"
-#include "huber_kernels.h"
+#include "huber_functors.h"
+#include "huber_op_kernels.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
@@ -78,58 +80,67 @@ typename CudaType<T>::type* Cuda(T* data) {
 namespace functor {
 
 template <typename T>
-absl::Status HuberPerSample<GPUDevice, T>::operator()(OpKernelContext* ctx, const RowLayout& in,
-                                                      const T* y_true, const T* y_pred,
-                                                      double threshold, T* loss) const {
-  Tensor workspace_holder;
-  void* workspace = nullptr;
-  TF_RETURN_IF_ERROR(Workspace(ctx, gpu::HuberPerSampleWorkspaceBytes(in.rows, in.depth),
-                               &workspace_holder, &workspace));
-  return CudaStatus("HuberPerSample",
-                    gpu::HuberPerSample(Cuda(y_true), Cuda(y_pred), in.rows, in.depth, threshold,
-                                        workspace, Cuda(loss), Stream(ctx)));
-}
+struct HuberPerSample<GPUDevice, T> {
+  absl::Status operator()(OpKernelContext* ctx, const RowLayout& in, const T* y_true,
+                          const T* y_pred, double threshold, T* loss) const {
+    Tensor workspace_holder;
+    void* workspace = nullptr;
+    TF_RETURN_IF_ERROR(Workspace(ctx, gpu::HuberPerSampleWorkspaceBytes(in.rows, in.depth),
+                                 &workspace_holder, &workspace));
+    return CudaStatus("HuberPerSample",
+                      gpu::HuberPerSample(Cuda(y_true), Cuda(y_pred), in.rows, in.depth, threshold,
+                                          workspace, Cuda(loss), Stream(ctx)));
+  }
+};
 
 template <typename T>
-absl::Status HuberPerSampleGrad<GPUDevice, T>::operator()(OpKernelContext* ctx,
-                                                          const RowLayout& in, const T* y_true,
-                                                          const T* y_pred, const T* grad,
-                                                          double threshold, T* grad_pred) const {
-  return CudaStatus("HuberPerSampleGrad",
-                    gpu::HuberPerSampleGrad(Cuda(y_true), Cuda(y_pred), Cuda(grad), in.rows,
-                                            in.depth, threshold, Cuda(grad_pred), Stream(ctx)));
-}
+struct HuberPerSampleGrad<GPUDevice, T> {
+  absl::Status operator()(OpKernelContext* ctx, const RowLayout& in, const T* y_true,
+                          const T* y_pred, const T* grad, double threshold, T* grad_pred) const {
+    return CudaStatus("HuberPerSampleGrad",
+                      gpu::HuberPerSampleGrad(Cuda(y_true), Cuda(y_pred), Cuda(grad), in.rows,
+                                              in.depth, threshold, Cuda(grad_pred), Stream(ctx)));
+  }
+};
 
 // The core takes the weights' count: 0, N or N * D.
 template <typename T>
-absl::Status HuberWeightedTotal<GPUDevice, T>::operator()(
-    OpKernelContext* ctx, const RowLayout& in, WeightMode mode, const T* y_true, const T* y_pred,
-    const T* weights, double threshold, double* total, double* count) const {
-  const int64_t size = mode == WeightMode::kNone     ? 0
-                       : mode == WeightMode::kPerRow ? in.rows
-                                                     : in.rows * in.depth;
-  Tensor workspace_holder;
-  void* workspace = nullptr;
-  TF_RETURN_IF_ERROR(Workspace(ctx, gpu::HuberWeightedTotalWorkspaceBytes(in.rows, in.depth),
-                               &workspace_holder, &workspace));
-  return CudaStatus("HuberWeightedTotal",
-                    gpu::HuberWeightedTotal(Cuda(y_true), Cuda(y_pred), Cuda(weights), size,
-                                            in.rows, in.depth, threshold, workspace, total, count,
-                                            Stream(ctx)));
-}
-
-#define FASTCUSTOM_INSTANTIATE_HUBER_GPU(T)    \
-  template struct HuberPerSample<GPUDevice, T>;     \
-  template struct HuberPerSampleGrad<GPUDevice, T>; \
-  template struct HuberWeightedTotal<GPUDevice, T>;
-
-FASTCUSTOM_INSTANTIATE_HUBER_GPU(Eigen::half)
-FASTCUSTOM_INSTANTIATE_HUBER_GPU(Eigen::bfloat16)
-FASTCUSTOM_INSTANTIATE_HUBER_GPU(float)
-FASTCUSTOM_INSTANTIATE_HUBER_GPU(double)
-#undef FASTCUSTOM_INSTANTIATE_HUBER_GPU
+struct HuberWeightedTotal<GPUDevice, T> {
+  absl::Status operator()(OpKernelContext* ctx, const RowLayout& in, WeightMode mode,
+                          const T* y_true, const T* y_pred, const T* weights, double threshold,
+                          double* total, double* count) const {
+    const int64_t size = mode == WeightMode::kNone     ? 0
+                         : mode == WeightMode::kPerRow ? in.rows
+                                                       : in.rows * in.depth;
+    Tensor workspace_holder;
+    void* workspace = nullptr;
+    TF_RETURN_IF_ERROR(Workspace(ctx, gpu::HuberWeightedTotalWorkspaceBytes(in.rows, in.depth),
+                                 &workspace_holder, &workspace));
+    return CudaStatus("HuberWeightedTotal",
+                      gpu::HuberWeightedTotal(Cuda(y_true), Cuda(y_pred), Cuda(weights), size,
+                                              in.rows, in.depth, threshold, workspace, total,
+                                              count, Stream(ctx)));
+  }
+};
 
 }  // namespace functor
+
+namespace {
+
+using ::tensorflow::DEVICE_GPU;
+
+#define FASTCUSTOM_REGISTER_GPU_TYPE(T)                                                    \
+  FASTCUSTOM_REGISTER_HUBER_KERNEL(HuberPerSample, DEVICE_GPU, GPUDevice, T);              \
+  FASTCUSTOM_REGISTER_HUBER_KERNEL(HuberPerSampleGrad, DEVICE_GPU, GPUDevice, T);          \
+  FASTCUSTOM_REGISTER_HUBER_KERNEL(HuberWeightedTotal, DEVICE_GPU, GPUDevice, T);
+
+FASTCUSTOM_REGISTER_GPU_TYPE(Eigen::half)
+FASTCUSTOM_REGISTER_GPU_TYPE(Eigen::bfloat16)
+FASTCUSTOM_REGISTER_GPU_TYPE(float)
+FASTCUSTOM_REGISTER_GPU_TYPE(double)
+#undef FASTCUSTOM_REGISTER_GPU_TYPE
+
+}  // namespace
 }  // namespace fastcustom
 
 #endif  // GOOGLE_CUDA

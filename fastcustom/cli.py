@@ -249,7 +249,8 @@ def main(argv=None):
 
 
 def info():
-    """Versions, the active Huber path and why, and the TensorFlow the library was built for."""
+    """Versions, the active Huber path and why, the variant of the CPU kernels that runs, and
+    the TensorFlow and CPU ("x86-64-v3": portable; "native") the library was built for."""
     import keras
     import tensorflow as tf
 
@@ -260,7 +261,8 @@ def info():
     record = build_ops.read_record(status["library"]) if status["library"] else None
     print(json.dumps({"fastcustom": fastcustom.__version__, "tensorflow": tf.__version__,
                       "keras": keras.__version__, **status,
-                      "library_built_for": record and record.get("tensorflow")}, indent=2))
+                      "library_built_for": record and record.get("tensorflow"),
+                      "library_cpu_target": record and record.get("cpu_target")}, indent=2))
     return 0
 
 
@@ -303,7 +305,8 @@ def build_ops_command(cache_dir=None):
         reason = status["reason"] if status else (check.stderr.strip().splitlines() or ["?"])[-1]
         print(f"{PROG} build-ops: built, but it does not load: {reason}", file=sys.stderr)
         return 1
-    print(f"{PROG}: it loads ({', '.join(status['dtypes'])}; GPU kernels: {status['gpu']}); "
+    print(f"{PROG}: it loads ({', '.join(status['dtypes'])}; CPU kernels: {status['cpu_kernels']}; "
+          f"GPU kernels: {status['gpu']}); "
           f"fastcustom now uses {status['default_library']}")
     return 0
 

@@ -11,6 +11,7 @@ does).
 import json
 import os
 import pathlib
+import platform
 import re
 import shutil
 import subprocess
@@ -25,6 +26,10 @@ from fastcustom import build_ops
 from fastcustom.ops import library
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench" / "cpu"))
+import core  # noqa: E402  (bench/cpu/core.py: the machine code's AVX-512 functions)
+
+X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 REQUIRE_OPS = os.environ.get("FASTCUSTOM_REQUIRE_OPS") == "1"
 requires_ops = pytest.mark.skipif(
     not REQUIRE_OPS, reason="set FASTCUSTOM_REQUIRE_OPS=1 where the op library must be built (CI)")
@@ -121,7 +126,7 @@ def test_python_m_build_wheel_carries_the_op_and_a_tensorflow_change_is_rebuilt(
     with tarfile.open(sdist) as archive:
         names = archive.getnames()
         archive.extractall(tmp_path / "sdist", filter="data")
-    assert any(n.endswith("csrc/huber_ops.cc") for n in names)
+    assert any(n.endswith("csrc/huber_op_definitions.cc") for n in names)
     assert not any(n.endswith((".so", ".so.json")) for n in names)
     (unpacked,) = (tmp_path / "sdist").iterdir()
     subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(unpacked)],
@@ -131,8 +136,13 @@ def test_python_m_build_wheel_carries_the_op_and_a_tensorflow_change_is_rebuilt(
         record = json.loads(_wheel_member(wheel, "fastcustom/ops/_huber_ops.so.json"))
         metadata = _wheel_member(wheel, ".dist-info/METADATA").decode()
         names = wheel.namelist()
+        (tmp_path / "wheel_library.so").write_bytes(_wheel_member(wheel, "fastcustom/ops/_huber_ops.so"))
     assert record["abi"] == "tf2.21-cxx11abi1" and record["tensorflow"].startswith("2.21.")
-    assert "fastcustom/ops/_huber_ops.so" in names and "fastcustom/_csrc/huber_ops.cc" in names
+    if X86_64:  # portable: x86-64-v3 code, the kernels also for AVX-512 (docs/building.md)
+        assert record["cpu_target"] == "x86-64-v3" and record["cpu_kernels"] == ["avx2", "avx512"]
+        zmm = core.functions_using_zmm(tmp_path / "wheel_library.so")
+        assert zmm is None or (zmm and all("fastcustom::cpu::avx512::" in f for f in zmm)), zmm
+    assert "fastcustom/ops/_huber_ops.so" in names and "fastcustom/_csrc/huber_op_definitions.cc" in names
     assert "fastcustom/cli.py" in names
     assert re.search(r"Requires-Dist: tensorflow-cpu<2\.22,>=2\.21; extra == \"cpu\"", metadata), metadata
 
@@ -141,8 +151,10 @@ def test_python_m_build_wheel_carries_the_op_and_a_tensorflow_change_is_rebuilt(
     python, fastcustom = venv / "bin" / "python", venv / "bin" / "fastcustom"
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"{wheel_path}[cpu]"],
                    check=True, capture_output=True, timeout=1800)
+    # As a user runs it: no TF_CPP_MIN_LOG_LEVEL (conftest sets one for the tests' own
+    # TensorFlow, and a level the user set keeps TensorFlow's start-up lines on stderr).
     env = {k: v for k, v in os.environ.items()
-           if k not in ("FASTCUSTOM_OPS_LIBRARY", "PYTHONPATH", "VIRTUAL_ENV")}
+           if k not in ("FASTCUSTOM_OPS_LIBRARY", "PYTHONPATH", "VIRTUAL_ENV", "TF_CPP_MIN_LOG_LEVEL")}
     env["FASTCUSTOM_CACHE_DIR"] = str(tmp_path / "cache")
 
     def info():
@@ -154,6 +166,12 @@ def test_python_m_build_wheel_carries_the_op_and_a_tensorflow_change_is_rebuilt(
     status, _ = info()
     assert status["path"] == "fused-op", status["reason"]
     assert status["library"].startswith(str(venv)) and status["library_built_for"] == record["tensorflow"]
+    assert status["library_cpu_target"] == record["cpu_target"]
+    if X86_64:
+        assert status["cpu_kernels"] in ("avx2", "avx512")
+        env["FASTCUSTOM_CPU_ISA"] = "avx2"
+        assert info()[0]["cpu_kernels"] == "avx2"
+        del env["FASTCUSTOM_CPU_ISA"]
 
     installed_record = pathlib.Path(build_ops.record_path(status["library"]))
     installed_record.write_text(json.dumps(dict(record, tensorflow="2.20.0", abi="tf2.20-cxx11abi1")))

@@ -531,11 +531,38 @@ FIT_SCRIPT = textwrap.dedent("""
 """)
 
 
+# OP_HASH_SCRIPT (argv[1]) run with the arguments after it, its digests printed with the
+# variant of the CPU kernels that computed them.
+WITH_CPU_KERNELS = """
+import contextlib, io, json, sys
+script = sys.argv.pop(1)
+with contextlib.redirect_stdout(io.StringIO()) as output:
+    exec(script)
+from fastcustom.ops import library
+digests = json.loads(output.getvalue().strip().splitlines()[-1])
+print(json.dumps(dict(digests, cpu_kernels=library.status()["cpu_kernels"])))
+"""
+
+
 @needs_ops
 def test_same_bits_with_one_and_two_threads(run_scripts, op_hash_script):
     one, two = run_scripts((op_hash_script, ["1"], {}), (op_hash_script, ["2"], {}))
     assert (one.pop("threads"), two.pop("threads")) == (1, 2)
     assert one == two
+
+
+@needs_ops
+@pytest.mark.long
+def test_same_bits_from_the_avx2_and_the_avx512_kernels(run_scripts, op_hash_script):
+    """A portable library's AVX2 kernels (FASTCUSTOM_CPU_ISA=avx2) give the AVX-512 kernels'
+    bits (tests/test_cpu_core.py checks the same without TensorFlow, in seconds); on a CPU
+    without AVX-512 both runs are the AVX2 kernels."""
+    chosen, avx2 = run_scripts((WITH_CPU_KERNELS, [op_hash_script, "2"], {}),
+                               (WITH_CPU_KERNELS, [op_hash_script, "2"], {"FASTCUSTOM_CPU_ISA": "avx2"}))
+    variants = chosen.pop("cpu_kernels"), avx2.pop("cpu_kernels")
+    if variants[0] in ("avx2", "avx512"):  # a portable x86-64 library
+        assert variants[1] == "avx2"
+    assert chosen == avx2
 
 
 @needs_ops
@@ -585,7 +612,7 @@ def test_unloadable_library_warns_once_and_falls_back(fresh_loader, tmp_path, co
         status = library.status()
     assert [str(w.message).count(str(path)) > 0 for w in caught] == [True]
     assert status["path"] == "xla" and status["library"] is None and status["dtypes"] == []
-    assert ("not built" if content is None else "failed to load") in status["reason"]
+    assert ("not built" if content is None else "not an ELF file") in status["reason"]
 
 
 @needs_ops
@@ -619,3 +646,4 @@ def test_status_of_the_loaded_library():
     assert os.path.samefile(status["library"], library.library_path())
     assert status["dtypes"] == ["bfloat16", "float16", "float32", "float64"]
     assert isinstance(status["gpu"], bool)  # GPU kernels compiled in
+    assert status["cpu_kernels"] in ("avx512", "avx2", "native", "generic")

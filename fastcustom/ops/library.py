@@ -14,16 +14,22 @@ for) it warns once and reports `gpu: False`, so that tensors on a GPU take the
 XLA path while the CPU kernels stay in use.
 
 Which library: FASTCUSTOM_OPS_LIBRARY=path if set; else the one installed with the
-package when its record (`_huber_ops.so.json`, written by the build) names the running
-TensorFlow's minor release and C++ ABI; else the one `fastcustom build-ops` compiled
-for this TensorFlow into the per-user cache. A library built for another TensorFlow
-(the package installed, then TensorFlow upgraded or downgraded) is never loaded: the
-XLA path is used, with one warning that names `fastcustom build-ops`.
+package when it is usable here (below); else the one `fastcustom build-ops` compiled for
+this TensorFlow into the per-user cache. A library is never loaded when its record
+(`_huber_ops.so.json`, written by the build) names another TensorFlow minor release or
+C++ ABI (the package installed, then TensorFlow upgraded or downgraded), nor when
+library_check.py finds it damaged, truncated, built for another machine, not the file
+its record describes, or compiled for CPU features this CPU lacks: all read from the file
+without loading it, since loading such a file kills the process (SIGBUS, SIGILL). The XLA
+path is used instead, with one warning that names `fastcustom build-ops`.
 
 Environment: FASTCUSTOM_DISABLE_OPS=1 forces the XLA path (no warning);
-FASTCUSTOM_OPS_LIBRARY=path loads that file instead of the built one.
+FASTCUSTOM_OPS_LIBRARY=path loads that file instead of the built one;
+FASTCUSTOM_CPU_ISA=avx2 makes a portable library run its AVX2 kernels on an AVX-512 CPU
+(status()["cpu_kernels"] says which run).
 """
 
+import ctypes
 import functools
 import os
 import threading
@@ -31,10 +37,9 @@ import types
 import warnings
 
 import tensorflow as tf
-from tensorflow.python.framework import kernels
 
-from fastcustom import build_ops
-from fastcustom.ops import huber_gradients
+from fastcustom import build_ops, private_symbols
+from fastcustom.ops import huber_gradients, library_check
 
 LIBRARY_NAME = build_ops.LIBRARY_NAME
 REBUILD_COMMAND = "fastcustom build-ops"
@@ -54,23 +59,27 @@ def running_abi():
     return build_ops.abi_tag(tf.__version__, tf.sysconfig.CXX11_ABI_FLAG)
 
 
-def _built_for_running_tensorflow(path):
-    """Whether `path`'s build record matches the running TensorFlow (no record: unknown, tried)."""
-    record = build_ops.read_record(path)
-    return record is None or record.get("abi") == running_abi()
-
-
 def library_path():
     """The op library that will be loaded: FASTCUSTOM_OPS_LIBRARY; else the installed one
-    if it was built for the running TensorFlow; else the one `fastcustom build-ops` built
-    for it, if any; else the installed one's path."""
+    if it is usable here (built for the running TensorFlow, whole, runnable on this CPU);
+    else the one `fastcustom build-ops` built for this TensorFlow, if any; else the
+    installed one's path."""
+    return _choose()[0]
+
+
+def _choose():
+    """(library_path(), why it must not be loaded or None), each file checked once."""
     if os.environ.get("FASTCUSTOM_OPS_LIBRARY"):
-        return os.environ["FASTCUSTOM_OPS_LIBRARY"]
+        path = os.environ["FASTCUSTOM_OPS_LIBRARY"]
+        return path, _why_unusable(path)
     installed = installed_library_path()
-    if os.path.exists(installed) and _built_for_running_tensorflow(installed):
-        return installed
+    why_not_installed = _why_unusable(installed)
+    if why_not_installed is None:
+        return installed, None
     cached = build_ops.cached_library(running_abi())
-    return cached if os.path.exists(cached) else installed
+    if os.path.exists(cached):
+        return cached, _why_unusable(cached)
+    return installed, why_not_installed
 
 
 # The dispatch may run this inside a traced tf.function: the loader runs as plain
@@ -87,7 +96,9 @@ def status():
     """Which Huber path is active, and why.
 
     {"path": "fused-op" | "xla", "library": loaded file or None, "reason": str,
-     "gpu": GPU kernels compiled in, "dtypes": dtypes the fused kernels take}
+     "gpu": GPU kernels compiled in, "dtypes": dtypes the fused kernels take,
+     "cpu_kernels": the variant of the CPU kernels that runs ("avx512", "avx2", "native",
+     "generic") or None}
     """
     return dict(_state()[1])
 
@@ -108,14 +119,15 @@ def _load():
     if _disabled():
         return None, _status("xla", None, "disabled by FASTCUSTOM_DISABLE_OPS")
     try:
-        return _load_library(library_path())
+        return _load_library(*_choose())
     except Exception as error:  # never an import or a first Huber call that crashes
         return _fall_back(f"the op library could not be checked or loaded "
                           f"({type(error).__name__}: {error}); run `{REBUILD_COMMAND}`", stacklevel=5)
 
 
 def _why_unusable(path):
-    """Why the library at `path` is not loaded (missing, built for another TensorFlow), or None."""
+    """Why the library at `path` is not loaded (missing, built for another TensorFlow,
+    damaged, not for this CPU), or None."""
     explicit = bool(os.environ.get("FASTCUSTOM_OPS_LIBRARY"))
     if not os.path.exists(path):
         if explicit:
@@ -127,11 +139,13 @@ def _why_unusable(path):
         return (f"op library {path} was built for TensorFlow {record.get('tensorflow')} "
                 f"({record.get('abi')}) and TensorFlow {tf.__version__} ({running_abi()}) is "
                 f"running; run `{REBUILD_COMMAND}` to build it for this TensorFlow")
+    problem = library_check.problem(path, record)
+    if problem:
+        return f"op library {path} is not loaded: {problem}; run `{REBUILD_COMMAND}` to rebuild it"
     return None
 
 
-def _load_library(path):
-    unusable = _why_unusable(path)
+def _load_library(path, unusable):
     if unusable:
         return _fall_back(unusable)
     try:
@@ -141,17 +155,31 @@ def _load_library(path):
                           f"run `{REBUILD_COMMAND}` to rebuild it".strip())
     huber_gradients.register(ops)
 
-    registered = kernels.get_registered_kernels_for_op(_OP_NAME).kernel
-    dtypes = sorted({tf.dtypes.as_dtype(t).name for k in registered if k.device_type == "CPU"
-                     for c in k.constraint for t in c.allowed_values.list.type})
-    gpu = any(k.device_type == "GPU" for k in registered)
+    dtypes = private_symbols.registered_kernel_dtypes(_OP_NAME, "CPU")
+    if dtypes is None:     # this TensorFlow does not say: the op's declared dtypes
+        dtypes = ["bfloat16", "float16", "float32", "float64"]
+    gpu_dtypes = private_symbols.registered_kernel_dtypes(_OP_NAME, "GPU")
+    gpu = bool(gpu_dtypes) if gpu_dtypes is not None \
+        else bool((build_ops.read_record(path) or {}).get("cuda"))
     failure = _gpu_failure(ops) if gpu and tensorflow_sees_a_gpu() else None
+    isa = _cpu_kernel_isa(path)
     if failure:
         warnings.warn(f"fastcustom: the op library's GPU kernels failed on this GPU; tensors on "
                       f"a GPU take the XLA path: {failure}", RuntimeWarning, stacklevel=6)
         return ops, _status("fused-op", path, f"op library loaded; GPU kernels unusable: {failure}",
-                            False, dtypes)
-    return ops, _status("fused-op", path, "op library loaded", gpu, dtypes)
+                            False, dtypes, isa)
+    return ops, _status("fused-op", path, "op library loaded", gpu, dtypes, isa)
+
+
+def _cpu_kernel_isa(path):
+    """Which variant of the CPU kernels the loaded library runs ("avx512", "avx2", "native",
+    "generic"), asked of the library itself (the same loaded file), or None if it cannot say."""
+    try:
+        query = ctypes.CDLL(path).fastcustom_huber_cpu_kernel_isa
+    except (OSError, AttributeError):
+        return None
+    query.restype = ctypes.c_char_p
+    return query().decode()
 
 
 @functools.cache
@@ -204,5 +232,6 @@ def _fall_back(reason, stacklevel=6):
     return None, _status("xla", None, reason)
 
 
-def _status(path, library, reason, gpu=False, dtypes=()):
-    return {"path": path, "library": library, "reason": reason, "gpu": gpu, "dtypes": list(dtypes)}
+def _status(path, library, reason, gpu=False, dtypes=(), cpu_kernels=None):
+    return {"path": path, "library": library, "reason": reason, "gpu": gpu, "dtypes": list(dtypes),
+            "cpu_kernels": cpu_kernels}

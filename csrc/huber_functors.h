@@ -1,8 +1,9 @@
 // The per-device work of the Huber ops, in tensorflow/core/kernels' functor
-// shape: one OpKernel per op, templated on the device (huber_kernels_cpu.cc,
-// which checks the inputs and allocates the outputs), calls Functor<Device, T>.
-// The CPU functors are defined in huber_kernels_cpu.cc; the GPU ones (GOOGLE_CUDA
-// builds) are declared here and defined and instantiated in huber_kernels_gpu.cu.cc.
+// shape: each op's OpKernel (huber_op_kernels.h, templated on the device) checks
+// the inputs, allocates the outputs and calls Functor<Device, T>. The CPU
+// functors (huber_kernels_cpu.cc) run the TF-free core in cpu/ on TensorFlow's
+// thread pool; the GPU ones (huber_kernels_gpu.cu.cc, GOOGLE_CUDA builds) the
+// CUDA core in cuda/ on the op's stream.
 //
 // y_true and y_pred have one shape [..., D] (rank >= 1), seen as N rows x D
 // with 64-bit indexing; threshold is the float64 scalar (host memory); grad has
@@ -12,8 +13,12 @@
 //   HuberPerSampleGrad: (ctx, in, y_true, y_pred, grad, threshold, grad_pred [..., D]), N*D > 0
 //   HuberWeightedTotal: (ctx, in, mode, y_true, y_pred, weights, threshold, total, count),
 //                       total and count: one float64 each, in the device's memory
-#ifndef FASTCUSTOM_HUBER_KERNELS_H_
-#define FASTCUSTOM_HUBER_KERNELS_H_
+//   HuberMeanWithGrad:  (ctx, in, y_true, y_pred, threshold, mean, grad_pred [..., D]),
+//                       mean: one T in host memory
+//   HuberMeanGrad:      (ctx, stored, grad, grad_pred): grad_pred = grad * stored (a scalar
+//                       grad in host memory; grad_pred allocated, of stored's shape)
+#ifndef FASTCUSTOM_HUBER_FUNCTORS_H_
+#define FASTCUSTOM_HUBER_FUNCTORS_H_
 
 #include <cstdint>
 
@@ -33,31 +38,15 @@ struct RowLayout {
 };
 
 namespace functor {
+// Specialized for CPUDevice in huber_kernels_cpu.cc (every op) and for GPUDevice
+// in huber_kernels_gpu.cu.cc (the first three), next to the registrations that
+// instantiate their OpKernels.
 template <typename Device, typename T> struct HuberPerSample;
 template <typename Device, typename T> struct HuberPerSampleGrad;
 template <typename Device, typename T> struct HuberWeightedTotal;
-
-#if GOOGLE_CUDA
-using tensorflow::OpKernelContext;
-template <typename T>
-struct HuberPerSample<GPUDevice, T> {
-  absl::Status operator()(OpKernelContext* ctx, const RowLayout& in, const T* y_true,
-                          const T* y_pred, double threshold, T* loss) const;
-};
-template <typename T>
-struct HuberPerSampleGrad<GPUDevice, T> {
-  absl::Status operator()(OpKernelContext* ctx, const RowLayout& in, const T* y_true,
-                          const T* y_pred, const T* grad, double threshold, T* grad_pred) const;
-};
-template <typename T>
-struct HuberWeightedTotal<GPUDevice, T> {
-  absl::Status operator()(OpKernelContext* ctx, const RowLayout& in, WeightMode mode,
-                          const T* y_true, const T* y_pred, const T* weights, double threshold,
-                          double* total, double* count) const;
-};
-#endif  // GOOGLE_CUDA
+template <typename Device, typename T> struct HuberMeanWithGrad;
+template <typename Device, typename T> struct HuberMeanGrad;
 }  // namespace functor
-
 }  // namespace fastcustom
 
-#endif  // FASTCUSTOM_HUBER_KERNELS_H_
+#endif  // FASTCUSTOM_HUBER_FUNCTORS_H_

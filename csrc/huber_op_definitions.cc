@@ -1,5 +1,6 @@
-// Registration (signatures and shape functions) of the fused Huber ops; the
-// kernels live in huber_kernels_cpu.cc (GPU functors: huber_kernels_gpu.cu.cc).
+// The fused Huber ops' definitions (REGISTER_OP: signatures and shape functions);
+// their kernels are registered by huber_kernels_cpu.cc (every op) and
+// huber_kernels_gpu.cu.cc (the first three, GOOGLE_CUDA builds).
 //
 // y_true, y_pred: [..., D], seen as N rows x D;  e = y_true - y_pred;  h and its
 // derivative as stated in huber_math.h (t = threshold).
