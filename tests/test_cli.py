@@ -58,7 +58,7 @@ def test_help_names_the_program_fastcustom_and_every_command():
     (["profile", "--logdir", "x", "--top", "-1"], "argument --top: '-1' is not a positive integer"),
     (["profile", "--logdir", "x", "--steps", "two"], "argument --steps: 'two' is not a positive"),
     (["profile", "--logdir", __file__], "argument --logdir: "),
-    (["profile"], "the following arguments are required: --logdir"),
+    (["profile"], "one of --logdir or --summarize is required"),
     (["demo", "--epochs", "-1"], "argument --epochs: '-1' is not a positive integer"),
     (["demo", "--epochs", "0"], "argument --epochs: '0' is not a positive integer"),
     (["demo", "--batch-size", "0"], "argument --batch-size: '0' is not a positive integer"),
