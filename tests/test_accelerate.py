@@ -215,7 +215,7 @@ def test_streams_train_as_model_fit_does(source):
         stream = ((x[i:i + 16], y[i:i + 16]) for i in range(0, 100, 16))
     got = ours.fit(stream, verbose=0, **kwargs)
     assert_same(theirs, ours, expected, got)
-    assert got.params["compiled_with"] == "xla"
+    assert got.params["compiled_with"] == "graph"   # ours (not handed back): short, a graph
 
 
 # -- callbacks ---------------------------------------------------------------------------

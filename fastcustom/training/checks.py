@@ -4,17 +4,22 @@ TensorFlow's CPU and GPU kernels check what indexes: a gather's indices
 ("indices[5,1] = 12 is not in [0, 10)", an `Embedding` given index 12 of 10) and a
 sparse softmax cross-entropy's labels ("Received a label value of 3 which is outside
 the valid range of [0, 3)"). XLA does not: a gather clamps its indices and the loss
-is NaN, so an XLA-compiled step trains on silently. `with_checks(step)` wraps a
-model's step so that, traced, it also returns a `report` of those checks, computed
-from the step's own ops: every gather (`GatherV2`, `ResourceGather`, `GatherNd`,
-`ResourceGatherNd`) and `SparseSoftmaxCrossEntropyWithLogits` among the ops the step
-adds to its graph. The compiled loop stops at the first step whose report is bad, and
-`raise_if_bad` raises TensorFlow's own error type with its message (the step's update
-has been applied: TensorFlow's kernel raises inside the step, before it). A step with
-none of these ops reports a constant, which XLA folds away.
+is NaN, so an XLA-compiled step trains on silently. Two safeguards, both read off the
+step's own ops, every gather (`GatherV2`, `ResourceGather`, `GatherNd`,
+`ResourceGatherNd`) and `SparseSoftmaxCrossEntropyWithLogits` the step adds to its
+graph:
 
-A report is an int64 vector: [kind, value, bound, rank, index_0 .. index_7] (kind 0:
-nothing wrong), for the first failing check of the step.
+- `with_checks(step)` makes the traced step also return a `report` of those checks
+  (int64 [kind, value, bound, rank, index_0 .. index_7]; kind 0: nothing wrong); the
+  compiled loop stops after the first step whose report is bad and `raise_if_bad`
+  raises TensorFlow's own error type with its message. A step with none of these ops
+  reports a constant, which XLA folds away.
+- `Precheck.of(trace)`: when the indices and labels checked are functions of the batch
+  alone (an `Embedding` on an input, labels in `y`: the usual case), the checks copied
+  out of the step's graph, to run on data before any step: the loop finds the first
+  failing step of a call beforehand and runs only the steps before it, so the model
+  keeps exactly the state Keras leaves when its kernel raises; arrays are checked once
+  per fit, a stream's window once per call.
 """
 
 import numpy as np
@@ -103,16 +108,20 @@ def _report(kind, indices, bound):
 
 
 def step_report(ops):
-    """The report of the ops a step added to its graph (the first failing check)."""
+    """The report of the ops a step added to its graph (the first failing check), and
+    the checks themselves named in the graph (`Precheck` copies them out)."""
     report = ok_report()
     checks = [c for c in (_bounds(op) for op in ops) if c is not None]
+    for number, (kind, indices, bound) in enumerate(checks):
+        tf.identity(indices, name=f"{_CHECK}_{number}_{kind}_indices")
+        tf.identity(bound, name=f"{_CHECK}_{number}_{kind}_bound")
     for kind, indices, bound in reversed(checks):   # the first check in op order wins
         bad, this = _report(kind, indices, bound)
         report = tf.where(bad, this, report)
     return report
 
 
-REPORT_NAME = "fastcustom_checks_report"
+_CHECK = "fastcustom_check"
 
 
 def with_checks(step):
@@ -121,36 +130,57 @@ def with_checks(step):
         graph = tf.compat.v1.get_default_graph()
         first = len(graph.get_operations())
         outputs = step(data)
-        report = step_report(graph.get_operations()[first:])
-        return outputs, tf.identity(report, name=REPORT_NAME)
+        return outputs, step_report(graph.get_operations()[first:])
 
     checked.__name__ = f"checked_{getattr(step, '__name__', 'step')}"
     return checked
 
 
-class Precheck:
-    """A step's checks as a function of its batch alone, to run before the step: copied
-    out of the step's traced graph (the ops the report is computed from, when they read
-    nothing but the batch) and imported where the batch is (`tf.graph_util`).
+def _row_flags(kind, indices, bound, rows):
+    """Per batch row, whether a check fails there: [rows] bool. Indices whose leading
+    axis is not the batch's count for every row."""
+    indices = tf.cast(indices, tf.int64)
+    bad = (indices < 0) | (indices >= bound)
+    if kind == GATHER_ND:
+        bad = tf.reduce_any(bad, axis=-1)
+    if bad.shape.rank == 0:
+        return tf.fill([rows], bad)
+    per_row = tf.reduce_any(bad, axis=list(range(1, bad.shape.rank))) \
+        if bad.shape.rank > 1 else bad
+    return tf.cond(tf.equal(tf.shape(per_row)[0], rows), lambda: per_row,
+                   lambda: tf.fill([rows], tf.reduce_any(bad)))
 
-    The training loop checks step `i + 1`'s batch before running it, so a failing
-    step is never run and the model keeps the state Keras leaves when its kernel
-    raises. `of(concrete)` is None when a check reads the model's state (an index
-    computed by a layer): then only the step's own report serves.
+
+class Precheck:
+    """A step's checks as a function of its batch alone, to run on data before the step:
+    copied out of the step's traced graph (the ops the checked indices and bounds are
+    computed from, when they read nothing but the batch) and imported where the data
+    are (`tf.graph_util.import_graph_def`). `of(trace)` is None when a check reads the
+    model's state (an index computed by a layer), or when the step has no checks.
     """
 
-    def __init__(self, graph_def, inputs):
-        self.graph_def, self.inputs = graph_def, inputs
+    def __init__(self, graph_def, inputs, checks):
+        self.graph_def, self.inputs, self.checks = graph_def, inputs, checks
+        # The same, as graph functions to call eagerly on data of any number of rows.
+        self.report_of = tf.function(self.report, autograph=False, reduce_retracing=True)
+        self.row_flags_of = tf.function(self.row_flags, autograph=False,
+                                        reduce_retracing=True)
 
     @classmethod
     def of(cls, concrete):
         """The precheck of a traced `with_checks` step, or None."""
         graph = concrete.graph
+        checks = sorted({op.name.rsplit("_", 1)[0] for op in graph.get_operations()
+                         if op.name.startswith(_CHECK + "_")})
+        if not checks:
+            return None
         batch_inputs = len(tf.nest.flatten(concrete.structured_input_signature,
                                            expand_composites=True))
         position = {t.op.name: i for i, t in enumerate(graph.inputs[:batch_inputs])}
         nodes = {node.name: node for node in graph.as_graph_def().node}
-        kept, inputs, stack = {}, {}, [graph.get_operation_by_name(REPORT_NAME)]
+        kept, inputs = {}, {}
+        stack = [graph.get_operation_by_name(f"{name}_{part}") for name in checks
+                 for part in ("indices", "bound")]
         while stack:
             op = stack.pop()
             if op.name in kept:
@@ -171,19 +201,36 @@ class Precheck:
                 continue
             kept[op.name] = nodes[op.name]
             stack.extend(t.op for t in op.inputs)    # data inputs only
-        if not inputs:      # the step has no checks: its report is a constant
-            return None
         graph_def = tf.compat.v1.GraphDef(node=list(kept.values()))
         graph_def.versions.CopyFrom(graph.graph_def_versions)
-        return cls(graph_def, inputs)
+        kinds = [int(name.rsplit("_", 1)[1]) for name in checks]
+        return cls(graph_def, inputs, list(zip(checks, kinds)))
 
-    def __call__(self, batch):
-        """The report of `batch` (the step's argument), computed where it is."""
+    def _checks(self, batch):
+        """[(kind, indices, bound)] of `batch`, computed where it is."""
         flat = tf.nest.flatten(batch, expand_composites=True)
-        (report,) = tf.graph_util.import_graph_def(
+        names = [f"{name}_{part}:0" for name, _ in self.checks for part in ("indices", "bound")]
+        tensors = tf.graph_util.import_graph_def(
             self.graph_def, input_map={name: flat[i] for name, i in self.inputs.items()},
-            return_elements=[f"{REPORT_NAME}:0"], name="fastcustom_precheck")
+            return_elements=names, name="fastcustom_precheck")
+        return [(kind, tensors[2 * n], tensors[2 * n + 1])
+                for n, (_, kind) in enumerate(self.checks)]
+
+    def report(self, batch):
+        """The report of `batch` (the step's argument), as the step would make it."""
+        report = ok_report()
+        for kind, indices, bound in reversed(self._checks(batch)):
+            bad, this = _report(kind, indices, bound)
+            report = tf.where(bad, this, report)
         return report
+
+    def row_flags(self, batch):
+        """Per row of `batch` (of any number of rows), whether a check fails there."""
+        rows = tf.shape(tf.nest.flatten(batch, expand_composites=True)[0])[0]
+        flags = tf.zeros([rows], tf.bool)
+        for kind, indices, bound in self._checks(batch):
+            flags |= _row_flags(kind, indices, bound, rows)
+        return flags
 
 
 def _static_value(op):

@@ -42,10 +42,13 @@ TensorFlow's persistent XLA cache (`fastcustom/xla_cache.py`).
 import math
 import warnings
 
+import numpy as np
 import tensorflow as tf
 
 from fastcustom.training import checks, keras_internals
-from fastcustom.training.windows import Stacked, as_keras_batch, first_tensor
+from fastcustom.training.modes import Mode
+from fastcustom.training.sources import Call
+from fastcustom.training.windows import Indexed, Stacked, as_keras_batch, first_tensor
 
 # Two steps per loop iteration when trainable parameters x batch size is at most this,
 # in a fit of at least this many steps.
@@ -104,24 +107,35 @@ class CompiledLoops:
             raise ValueError("jit_compile=True is not supported under a strategy with "
                              f"{self.replicas} replicas: XLA cannot compile the loop across "
                              "devices. Use jit_compile='auto' (a plain graph there).")
-        self._xla = jit_compile is True or (
+        xla_allowed = jit_compile is True or (
             jit_compile == "auto" and self.replicas == 1 and _keras_would_allow_xla(model))
+        # graph or XLA, per kind of loop, from what each costs (`modes`)
+        self._modes = {kind: Mode(jit_compile, xla_allowed)
+                       for kind in ("train", "test", "predict")}
+        self._xla = jit_compile is True    # the form of the call being traced or run
         self._may_fall_back = jit_compile == "auto"
+        self._ran = []                     # the forms this fit's training calls took
         self._steps_log_metrics = {
             "train": not keras_internals.overrides(model, "train_step", "compute_metrics"),
             "test": not keras_internals.overrides(model, "test_step", "compute_metrics")}
         self._unroll = False   # two steps per iteration in this fit: `plan` decides
         self._steps = {}       # (kind, XLA or not) -> the step as a tf.function of its own
+        self._prechecks = _Prechecks(self)
         self._traces = {}      # (kind, XLA or not, steps per iteration, signature) -> trace
 
     @property
     def compiled_with(self):
-        return "xla" if self._xla else "graph"
+        """What this fit's training ran: "graph", "xla", or "graph, then xla" (and so on)."""
+        forms = [form for n, form in enumerate(self._ran) if n == 0 or self._ran[n - 1] != form]
+        return ", then ".join(forms) or ("xla" if self._modes["train"].xla else "graph")
 
     def plan(self, steps):
-        """A fit's step count (None when unknown), before it runs: small steps run two
-        per iteration in fits of at least `UNROLL_AFTER_STEPS`."""
+        """A fit's step count (None when unknown), before it runs: whether XLA can repay
+        its compile (`modes`), and small steps under XLA run two per iteration in fits of
+        at least `UNROLL_AFTER_STEPS`."""
         self._unroll = steps is not None and steps >= UNROLL_AFTER_STEPS
+        self._modes["train"].plan(steps)
+        self._ran = []
 
     def steps_per_iteration(self, batch_size):
         """2 for a small step under XLA on one replica in a long fit (`plan`), else 1."""
@@ -172,47 +186,12 @@ class CompiledLoops:
         return outputs, checks.ok_report()
 
     # -- the loops -------------------------------------------------------------------------
-    def _precheck(self, kind, window, tail):
-        """(the step's checks as a function of its batch (`checks.Precheck`), the step's
-        trace) when training under XLA and the checks read nothing but the batch, else
-        (None, None)."""
-        if kind != "train" or not self._xla or self.replicas > 1:
-            return None, None
-        batch = window.batch(tf.constant(0)) if window.steps else window.tail_batch(tail)
-        concrete = self._step(kind).get_concrete_function(batch)
-        precheck = checks.Precheck.of(concrete)
-        if precheck is None or any(not t.shape.is_fully_defined() for t in
-                                   tf.nest.flatten(concrete.structured_outputs[0])):
-            return None, None   # no zeros for a skipped step's outputs: checks after steps
-        return precheck, concrete
-
-    def _guarded(self, kind, window, index, tail, precheck, concrete, report, failed_at,
-                 where):
-        """A step after the loop, run only when its checks and the loop's passed: (its
-        outputs, report, failed_at)."""
-        batch = window.tail_batch(tail) if index is None else window.batch(index)
-        mine = precheck(batch)
-        run = tf.equal(report[0], 0) & tf.equal(mine[0], 0)
-        failed_at = tf.where(tf.equal(report[0], 0) & tf.not_equal(mine[0], 0), where,
-                             failed_at)
-        report = tf.where(tf.equal(report[0], 0), mine, report)
-        skipped = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype),
-                                        concrete.structured_outputs[0])
-        outputs = tf.cond(run, lambda: self._run(kind, window, index, tail)[0],
-                          lambda: skipped)
-        return outputs, report, failed_at
-
     def _steps_of(self, kind, window, start, stop, tail):
         """Steps start..stop-1 of `window`, then `tail`: (the last step's outputs when the
-        model's own logs are those, report, the index of the step that failed).
-
-        Training under XLA with checks that read only the batch, each step's batch is
-        checked before the step runs (the next one's during the current one), so the
-        loop stops before a failing step, as Keras's kernel raises before its update."""
+        model's own logs are those, report, the index of the step that failed)."""
         keep_last = not self._steps_log_metrics[kind]
         report, failed_at = checks.ok_report(), tf.constant(-1)
         last_outputs = None
-        precheck, concrete = self._precheck(kind, window, tail)
 
         def note(step_report, index, report, failed_at):
             fresh = tf.equal(report[0], 0) & tf.not_equal(step_report[0], 0)
@@ -221,8 +200,7 @@ class CompiledLoops:
         if window.steps:  # XLA can't slice []
             if keep_last and tail is None:
                 stop = stop - 1   # the last full step runs after the loop, for its outputs
-            per_iteration = 1 if precheck is not None \
-                else self.steps_per_iteration(_batch_rows(window))
+            per_iteration = self.steps_per_iteration(_batch_rows(window))
 
             def loop(first, per_iteration, report, failed_at):
                 def body(index, report, failed_at):
@@ -238,45 +216,20 @@ class CompiledLoops:
                     & tf.equal(report[0], 0),
                     body, (first, report, failed_at), parallel_iterations=1)
 
-            if precheck is not None:
-                def ahead(index):   # the report of batch `index`, clamped into the window
-                    return precheck(window.batch(tf.minimum(index, window.steps - 1)))
-
-                def checked_body(index, next_report, failed_at):
-                    self._run(kind, window, index, reduction=None)
-                    return index + 1, ahead(index + 1), failed_at
-
-                index, next_report, _ = tf.while_loop(
-                    lambda index, next_report, _: (index < stop)
-                    & tf.equal(next_report[0], 0),
-                    checked_body, (start, ahead(start), failed_at), parallel_iterations=1)
-                stopped = index < stop
-                report = tf.where(stopped, next_report, report)
-                failed_at = tf.where(stopped, index, failed_at)
-            else:
-                index, report, failed_at = loop(start, per_iteration, report, failed_at)
-                first, last = tf.get_static_value(start), tf.get_static_value(stop)
-                if first is not None and last is not None:   # a whole epoch: count known
-                    if (last - first) % per_iteration:          # the odd step, inline
-                        _, step_report = self._run(kind, window, last - 1, reduction=None)
-                        report, failed_at = note(step_report, last - 1, report, failed_at)
-                elif per_iteration > 1:
-                    _, report, failed_at = loop(index, 1, report, failed_at)
+            index, report, failed_at = loop(start, per_iteration, report, failed_at)
+            first, last = tf.get_static_value(start), tf.get_static_value(stop)
+            if first is not None and last is not None:   # a whole epoch: the count is known
+                if (last - first) % per_iteration:          # the odd step, inline
+                    _, step_report = self._run(kind, window, last - 1, reduction=None)
+                    report, failed_at = note(step_report, last - 1, report, failed_at)
+            elif per_iteration > 1:
+                _, report, failed_at = loop(index, 1, report, failed_at)
             if keep_last and tail is None:
-                if precheck is not None:
-                    last_outputs, report, failed_at = self._guarded(
-                        kind, window, stop, None, precheck, concrete, report, failed_at, stop)
-                else:
-                    last_outputs, step_report = self._run(kind, window, stop)
-                    report, failed_at = note(step_report, stop, report, failed_at)
+                last_outputs, step_report = self._run(kind, window, stop)
+                report, failed_at = note(step_report, stop, report, failed_at)
         if tail is not None:
-            if precheck is not None:
-                last_outputs, report, failed_at = self._guarded(
-                    kind, window, None, tail, precheck, concrete, report, failed_at,
-                    tf.constant(-2))
-            else:
-                last_outputs, step_report = self._run(kind, window, tail=tail)
-                report, failed_at = note(step_report, tf.constant(-2), report, failed_at)
+            last_outputs, step_report = self._run(kind, window, tail=tail)
+            report, failed_at = note(step_report, tf.constant(-2), report, failed_at)
         return last_outputs, report, failed_at
 
     def _train_or_test(self, kind, window, start, stop, tail):
@@ -374,6 +327,8 @@ class CompiledLoops:
                 raise
             self._traces.pop(key, None)
             self._xla = self._may_fall_back = False
+            for mode in self._modes.values():
+                mode.give_up_xla()
             reason = str(error).strip().splitlines()[0][:300]
             warnings.warn(f"fastcustom: XLA could not compile the model's loop ({reason}); "
                           "running it as a plain TF graph instead.", RuntimeWarning, stacklevel=4)
@@ -382,7 +337,22 @@ class CompiledLoops:
     def run(self, kind, call):
         """One call (`fastcustom.training.sources.Call`) of the `kind` loop: the logs
         ("train", "test") or the outputs ("predict"); TensorFlow's InvalidArgumentError
-        when a step's checks failed."""
+        when a step's checks fail (in training, before that step runs, where the checks
+        read only the data)."""
+        mode = self._modes[kind]
+        self._xla = mode.xla
+        clock = mode.timed()
+        result = self._run_call(kind, call)
+        clock.stop(call.steps)
+        if kind == "train":
+            self._ran.append(self.compiled_with_now)
+        return result
+
+    @property
+    def compiled_with_now(self):
+        return "xla" if self._xla else "graph"
+
+    def _run_call(self, kind, call):
         start = tf.constant(call.start, tf.int32)
         if kind == "predict":
             args = (call.window, start, call.stop - call.start, call.tail)
@@ -394,6 +364,16 @@ class CompiledLoops:
             args = (call.window, None if call.tail is not None else start, call.tail)
         else:
             args = (call.window, start, tf.constant(call.stop, tf.int32), call.tail)
+        if kind == "train" and self._xla:
+            self._traced(kind, args)            # the step's trace, where its checks come from
+            failing = self._prechecks.first_failing(call)
+            if failing is not None:
+                step, batch, precheck = failing
+                if step > call.start:
+                    self._run_call(kind, Call(call.window, call.start, min(step, call.stop),
+                                              None, call.step))
+                checks.raise_if_bad(precheck.report_of(batch).numpy(),
+                                    f"the {kind} step on batch {call.step + step - call.start}")
         result, report, failed_at = self._call(kind, args)
         if self._xla:
             failed_at = int(failed_at)
@@ -401,6 +381,86 @@ class CompiledLoops:
                 else call.step + failed_at - call.start
             checks.raise_if_bad(report, f"the {kind} step on batch {step}")
         return result
+
+
+class _Prechecks:
+    """The training step's checks run on the data before the steps (`checks.Precheck`):
+    for arrays once per fit (the rows that fail), for a stream's window once per call;
+    `first_failing(call)` is the call's first step that would fail."""
+
+    def __init__(self, loops):
+        self.loops = loops
+        self._of_spec = {}       # batch signature -> Precheck or None
+        self._bad_rows = (None, None)     # (data, rows whose checks fail) of the last arrays
+        self._order = (None, None)        # (order tensor, as NumPy)
+
+    def _precheck(self, window):
+        spec = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype),
+                                     _first_batch_spec(window))
+        key = _signature(spec)
+        if key not in self._of_spec:
+            concrete = self.loops._step("train").get_concrete_function(spec)
+            self._of_spec[key] = checks.Precheck.of(concrete)
+        return self._of_spec[key]
+
+    def first_failing(self, call):
+        """(step index in the call's window, its batch, the precheck) of the call's first
+        failing step, or None."""
+        window = call.window
+        precheck = self._precheck(window)
+        if precheck is None:
+            return None
+        steps = list(range(call.start, call.stop)) + (["tail"] if call.tail is not None else [])
+        if isinstance(window, Indexed):
+            flags = self._array_flags(precheck, window)
+            if not flags.any():
+                return None
+            order = self._order_of(window)
+            rows = np.arange(window.num_samples) if order is None else order
+            for step in steps:
+                first = window.steps * window.batch_size if step == "tail" \
+                    else step * window.batch_size
+                last = window.num_samples if step == "tail" else first + window.batch_size
+                if flags[rows[first:last]].any():
+                    batch = window.tail_batch(True) if step == "tail" else \
+                        window.batch(tf.constant(step))
+                    return (call.stop if step == "tail" else step), batch, precheck
+            return None
+        # a stream's window: its steps' rows checked in one call, then the tail
+        if call.stop > call.start:
+            rows = tf.nest.map_structure(
+                lambda t: tf.reshape(t[call.start:call.stop], [-1, *t.shape[2:]]),
+                window.batches)
+            flags = precheck.row_flags_of(rows).numpy()
+            if flags.any():
+                step = call.start + int(np.argmax(flags)) // _batch_rows(window)
+                return step, window.batch(tf.constant(step)), precheck
+        if call.tail is not None:
+            batch = window.tail_batch(call.tail)
+            if precheck.row_flags_of(batch).numpy().any():
+                return call.stop, batch, precheck
+        return None
+
+    def _array_flags(self, precheck, window):
+        data, flags = self._bad_rows
+        if data is not window.data:
+            flags = precheck.row_flags_of(window.data).numpy()
+            self._bad_rows = (window.data, flags)
+        return flags
+
+    def _order_of(self, window):
+        order, as_numpy = self._order
+        if order is not window.order:
+            as_numpy = None if window.order is None else window.order.numpy()
+            self._order = (window.order, as_numpy)
+        return as_numpy
+
+
+def _first_batch_spec(window):
+    """The tensors of a batch of `window` (for its signature)."""
+    if isinstance(window, Indexed):
+        return window.data
+    return tf.nest.map_structure(lambda t: t[0], window.batches)
 
 
 def _keras_would_allow_xla(model):

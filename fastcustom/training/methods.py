@@ -313,9 +313,14 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
     first_epoch = keras_internals.initial_epoch(model, initial_epoch)
     planned = None if train.steps is None else train.steps * max(epochs - first_epoch, 0)
 
+    planned_for = []
+
     def loops_of():
+        """The model's loops (once it is built), planned for this fit once."""
         loops = compiled_loops(model, jit_compile)
-        loops.plan(planned)
+        if loops not in planned_for:
+            loops.plan(planned)
+            planned_for.append(loops)
         return loops
 
     for _ in range(first_epoch if shuffled else 0):   # a resumed fit shuffles as a whole one

@@ -1,0 +1,102 @@
+"""Graph or XLA: which compiled form a loop's next call takes, decided from what it costs.
+
+XLA runs a small model's steps several times faster than a plain TensorFlow graph, but
+compiling them takes seconds (XLA's first call took 1.8 to 3.9 times the graph's first
+call, trace included, in this package's measurements: an MLP, an LSTM, BatchNorm and
+Dropout, a wide MLP), and for
+some models it is slower per step (XLA:CPU's stateless random numbers make Dropout
+steps 4x slower). A short fit would lose more to the compile than XLA can win back,
+and a long fit of such a model would lose on every step. So a loop of
+`jit_compile="auto"` starts as a graph (traced like `model.fit`'s train function, so a
+short fit is never slower than `model.fit`), measures a graph step, and tries XLA when
+the steps still to run could repay the compile:
+
+- a fit of known length (`plan`): when its remaining graph time is more than
+  `REPAY` times the estimated compile (`COMPILE_PER_TRACE` times the graph's first call):
+  XLA at a fifth of a graph step, as for small models, then repays it;
+- otherwise (a stream of unknown length, an evaluation): once the graph time spent
+  exceeds that, so that the most it can lose is about what it already spent (the
+  rent-or-buy rule).
+
+Once it has run XLA steps it compares: XLA stays only when its steps are faster, else
+the loop goes back to the graph for good. The decisions are kept per model and kind
+(train, test, predict), across fits.
+"""
+
+import time
+
+COMPILE_PER_TRACE = 2.5   # XLA trace + compile, as a multiple of the graph's first call
+REPAY = 1.25              # the remaining graph time must exceed this many compiles
+KEEP_XLA_BELOW = 0.9      # XLA stays when its step takes less than this share of a graph step
+
+
+class Mode:
+    """The compiled form of one kind of loop ("train", "test", "predict") of one model."""
+
+    def __init__(self, jit_compile, xla_allowed):
+        self.adaptive = jit_compile == "auto" and xla_allowed
+        self.xla = jit_compile is True
+        self.graph_first_call = None    # seconds: the graph's trace + first call
+        self.graph_step = None          # seconds per step, from calls after the first
+        self.xla_step = None
+        self.graph_time = 0.0           # spent in graph calls after the first
+        self.remaining = None           # steps still to run in this fit, when known
+        self._first = {False: True, True: True}   # the next call is a form's first
+
+    def plan(self, steps):
+        """This fit's step count (None when unknown)."""
+        self.remaining = steps
+
+    def timed(self):
+        """A clock for one call: `stop(steps)` records it."""
+        return _Clock(self)
+
+    def record(self, seconds, steps):
+        xla, first = self.xla, self._first[self.xla]
+        self._first[xla] = False
+        if self.remaining is not None:
+            self.remaining = max(self.remaining - steps, 0)
+        if not steps:
+            return
+        if first:
+            if not xla:
+                self.graph_first_call = seconds
+            return          # the trace (and compile) is in it
+        per_step = seconds / steps
+        if xla:
+            self.xla_step = per_step if self.xla_step is None else min(self.xla_step, per_step)
+        else:
+            self.graph_time += seconds
+            self.graph_step = per_step if self.graph_step is None \
+                else min(self.graph_step, per_step)
+        self._decide()
+
+    def _decide(self):
+        if not self.adaptive:
+            return
+        if self.xla:
+            if self.xla_step is not None and self.graph_step is not None \
+                    and self.xla_step > KEEP_XLA_BELOW * self.graph_step:
+                self.xla = self.adaptive = False      # XLA is not faster here: graph for good
+            return
+        if self.graph_step is None or self.graph_first_call is None:
+            return
+        compile_estimate = COMPILE_PER_TRACE * self.graph_first_call
+        if self.remaining is not None:
+            repays = self.remaining * self.graph_step > REPAY * compile_estimate
+        else:
+            repays = self.graph_time > compile_estimate
+        if repays:
+            self.xla = True
+
+    def give_up_xla(self):
+        """XLA cannot compile this model: graph from now on."""
+        self.xla = self.adaptive = False
+
+
+class _Clock:
+    def __init__(self, mode):
+        self.mode, self.start = mode, time.perf_counter()
+
+    def stop(self, steps):
+        self.mode.record(time.perf_counter() - self.start, steps)
