@@ -291,7 +291,8 @@ IN_LOOP_ROOFS = ("tf.matmul (tf.function)", "numpy matmul (float32)")
 def test_mydense_interleaved(device, interleave, kernel, size):
     table, flops_per_mac = HEADLINE[kernel]
     inputs, info = _case(kernel, size, FASTCUSTOM, device, flops_per_mac)
-    makers = {name: functools.partial(table[name], inputs) for name in (FASTCUSTOM, *PEERS.values())}
+    makers = {name: functools.partial(table[name], inputs)
+              for name in (FASTCUSTOM, *PEERS.values())}
     roofs = []
     if size == "large":
         batch, fan_in, units = SHAPES["large"]

@@ -425,7 +425,8 @@ TARGETS = {"Huber forward": {"roof": 0.85}}
 def test_huber_interleaved(device, interleave, kernel, size):
     table, roof_names, peers = HEADLINE[kernel]
     inputs, info = _case(kernel, size, FASTCUSTOM, device)
-    makers = {name: functools.partial(table[name], inputs) for name in (FASTCUSTOM, *peers.values())}
+    makers = {name: functools.partial(table[name], inputs)
+              for name in (FASTCUSTOM, *peers.values())}
     roofs = []
     if size == "large" and device.name == "cpu":
         for name in roof_names:

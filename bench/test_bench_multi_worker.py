@@ -1,6 +1,6 @@
 """Several workers on one machine: 1 worker with 2 threads against 2 workers with 1 thread.
 
-    python -m pytest bench/test_bench_multi_worker.py --benchmark-json=bench/out/multi_worker.json
+    pytest bench/test_bench_multi_worker.py --benchmark-json=bench/out/multi_worker.json
 
 The wide MLP of bench/multi_worker_step.py (784 -> 256 -> 256 -> 10, 269,322
 parameters, global batch 256) trained with `fastcustom.fit`: on one process with

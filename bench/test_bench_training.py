@@ -1,10 +1,10 @@
 """Training speed: `fastcustom.fit` against `model.fit` and the notes' eager loop, side by side.
 
-    python -m pytest bench/test_bench_training.py --benchmark-json=bench/out/training.json
+    pytest bench/test_bench_training.py --benchmark-json=bench/out/training.json
 
     # the same under an XLA flag (here: XLA's YNNPACK dots off; see the end of this text):
     XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_dot \
-        python -m pytest bench/test_bench_training.py --benchmark-json=bench/out/training-noynn.json
+        pytest bench/test_bench_training.py --benchmark-json=bench/out/training-noynn.json
 
 The notes' regression model (8 inputs -> 30 selu -> 30 selu -> 1, lecun_normal),
 20,640 generated samples, batch 32 (645 steps an epoch), Nadam. The baselines are

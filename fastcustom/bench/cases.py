@@ -5,7 +5,8 @@ the JSON. `extra_info["kind"]` says which schema a row follows:
 
 - "kernel" (`case_info`): one implementation of one kernel at one size on one
   device; its time is pytest-benchmark's own stats of the row; bench/conftest.py's
-  `measure` adds `page_faults_per_call` (minor page faults over the timing, per call). `work` is what one
+  `measure` adds `page_faults_per_call` (minor page faults over the timing, per
+  call). `work` is what one
   call must do: bytes (`unit="B"`, reads and writes counted once each, stated in
   `bytes_read` / `bytes_written`) or floating-point operations (`unit="FLOP"`).
   Every implementation of a kernel at a size is given the same work: the task's,

@@ -82,10 +82,9 @@ def _fastest_alternative(results):
             s = row.speedups[role]
             label = row.task + ("" if row.device == "cpu" else f" ({row.device})")
             bars.append((label, s["median"], s["q1"], s["q3"], role))
-    for task in dict.fromkeys(r.task for r in results.training):
-        ours = results.training_reference(task, FASTCUSTOM)
-        found = {role: results.training_speedup(ours, role) for role in PEERS} if ours else {}
-        found = {role: s for role, s in found.items() if s is not None}
+    for task in results.training_tasks():
+        headline = results.training_headline(task)
+        found = headline[2] if headline else {}
         if found:
             role = min(found, key=lambda r: found[r].ratio)
             s = found[role]
@@ -205,6 +204,9 @@ def draw_summary(results, path):
     _speedup_panel(left, results)
     _training_panel(right, results)
     if kernels:
+        bottom.suptitle("Every implementation at the large size: its median against the roof's "
+                        "fastest round (the headline's interleaved shares hold better on a "
+                        "busy machine)", fontsize=11)
         axes = bottom.subplots(rows - 1, 3, squeeze=False).ravel()
         for ax, kernel in zip(axes, kernels):
             _roof_panel(ax, results, kernel)
@@ -222,7 +224,8 @@ def _legend_panel(ax):
     """The colors, in a spare panel."""
     from matplotlib.patches import Patch
 
-    names = {"fastcustom": "fastcustom (bold, outlined)", "fastcustom variant": "accelerated model.fit variants",
+    names = {"fastcustom": "fastcustom (bold, outlined)",
+             "fastcustom variant": "accelerated model.fit variants",
              "fused": "the fused op called directly", "notes": "the notes' code",
              "keras": "Keras built-in / model.fit", "keras variant": "other model.fit settings",
              "tf.function": "tf.function", "xla": "XLA forms", "numpy": "NumPy float64",

@@ -6,11 +6,12 @@ harness's `--json` (bench/gpu/harness.py, same shape: `cases.harness_json`) give
 report.
 """
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 
 from fastcustom.bench.cases import (FASTCUSTOM, IMPLEMENTATIONS, KERNEL_ROOFS, KERNELS,
-                                    PEERS, ROOFS, SIZES)
+                                    PEERS, ROOFS, SIZES, TRAINING_TASKS)
 
 # A row whose IQR is above this share of its median is flagged as noisy.
 NOISE_THRESHOLD = 0.20
@@ -75,6 +76,10 @@ class Case:
     bytes_read: int = None
     bytes_written: int = None
     page_faults: float = None   # minor page faults per call, where measured
+    # A roof's fastest round over all its measurements in the run (its own rounds and
+    # the interleaved loops that timed it too), and how many rounds that was.
+    best_seconds: float = None
+    measured_rounds: int = None
 
     @property
     def median(self):
@@ -87,8 +92,9 @@ class Case:
 
     @property
     def best_throughput(self):
-        """Work per second in the fastest round: what a roof is taken as."""
-        return self.work / self.timing.best
+        """Work per second in the fastest round (of every measurement, for a roof): what a
+        roof is taken as."""
+        return self.work / (self.best_seconds or self.timing.best)
 
     def sort_key(self):
         order = {name: i for i, name in enumerate(IMPLEMENTATIONS)}
@@ -266,6 +272,29 @@ class Results:
         return Speedup(row.steps_per_second / other.steps_per_second, low / other_high,
                        high / other_low, False, other.implementation)
 
+    def training_tasks(self):
+        """The training tasks of the run: `TRAINING_TASKS` first (present or not), then any
+        other task a training or interleaved training row names."""
+        named = [r.task for r in self.training] + [r.task for r in self.interleaved
+                                                   if r.task not in KERNELS]
+        return list(dict.fromkeys([*TRAINING_TASKS, *named]))
+
+    def training_headline(self, task):
+        """fastcustom's row of a training task and its speed-ups: (implementation, steps/s,
+        {role: Speedup}); from the interleaved row alone when the run has no training row
+        of role fastcustom (a quick run); None when it has neither."""
+        ours = self.training_reference(task, FASTCUSTOM)
+        if ours is not None:
+            found = {role: self.training_speedup(ours, role) for role in PEERS}
+            return (ours.implementation, ours.steps_per_second,
+                    {role: s for role, s in found.items() if s is not None})
+        row = self.interleaved_row(task)
+        if row is None or row.fastcustom not in row.seconds:
+            return None
+        return (row.fastcustom, row.work / row.seconds[row.fastcustom]["median"],
+                {role: Speedup(s["median"], s["q1"], s["q3"], True, row.peers[role])
+                 for role, s in row.speedups.items()})
+
     def fresh_rows(self, task):
         return [r for r in self.fresh if r.task == task]
 
@@ -313,6 +342,16 @@ def _fresh(info):
                         info=info)
 
 
+def _with_every_measurement(roof, interleaved):
+    """`roof` with its best round over its own rounds and those of the interleaved loops
+    that timed the same implementation on the same device."""
+    timed = [row.seconds[roof.implementation] for row in interleaved
+             if row.device == roof.device and roof.implementation in row.seconds]
+    best = min([roof.timing.best, *(t["min"] for t in timed)])
+    rounds = roof.timing.rounds + sum(t["rounds"] for t in timed)
+    return dataclasses.replace(roof, best_seconds=best, measured_rounds=rounds)
+
+
 def load(*paths):
     """The `Results` of one or more JSON files: pytest-benchmark's (--benchmark-json) or
     bench/gpu/harness.py's (--json), read alike."""
@@ -340,8 +379,9 @@ def load(*paths):
                 rows["other"].append(Other(bench.get("fullname", bench.get("name", "?")),
                                            _timing(bench), info))
     rows["kernel"].sort(key=Case.sort_key)
+    ceilings = [_with_every_measurement(c, rows["interleaved"]) for c in rows["ceiling"]]
     first = sources[0] if sources else ("", {})
-    return Results(cases=rows["kernel"], ceiling_cases=rows["ceiling"],
+    return Results(cases=rows["kernel"], ceiling_cases=ceilings,
                    interleaved=rows["interleaved"], training=rows["training"],
                    fresh=rows["fresh process"], others=rows["other"], machine=first[1],
                    datetime=first[0], commit=commits[0] if commits else {},

@@ -3,8 +3,7 @@ share of the roof, its targets), then training, fresh processes, roofs and one d
 per kernel, and how to read them."""
 
 from fastcustom.bench.cases import (DESCRIPTIONS, FASTCUSTOM, FRESH_PROCESS_TASKS,
-                                    KERNEL_ROOFS, KERNELS, PEERS, RATE_UNITS, ROOFS, SIZES,
-                                    TRAINING_TASKS)
+                                    KERNEL_ROOFS, KERNELS, PEERS, RATE_UNITS, ROOFS, SIZES)
 from fastcustom.bench.results import NOISE_THRESHOLD, OVERHEAD_BOUND_SHARE, Speedup
 
 NOISY = "⚠"          # a row or ratio whose IQR is above NOISE_THRESHOLD of its median
@@ -119,6 +118,7 @@ def _target_text(reference, least, achieved):
 
 # --- the run ------------------------------------------------------------------------
 def _fastcustom_info(machine):
+    """What bench/conftest.py added to pytest-benchmark's machine_info ({} for other files)."""
     return machine.get("fastcustom", {})
 
 
@@ -137,7 +137,8 @@ def _huber_path_line(info):
         return "Huber path: not recorded."
     status, record = path.get("status", {}), path.get("build_record") or {}
     if status.get("path") == "fused-op":
-        built = f"built for TensorFlow {record.get('tensorflow', '?')}" if record else "no build record"
+        built = (f"built for TensorFlow {record.get('tensorflow', '?')}" if record
+                 else "no build record")
         flags = record.get("flags")
         flags = (f"flags `{' '.join(flags) if isinstance(flags, list) else flags}`" if flags
                  else "compiler flags not recorded by the build")
@@ -250,6 +251,7 @@ def _kernel_answer(row):
 
 
 def training_targets(results, row):
+    """Target texts of a training row, against the ratios the headline shows."""
     texts = []
     for reference, least in row.targets.items():
         speedup = results.training_speedup(row, reference)
@@ -259,16 +261,16 @@ def training_targets(results, row):
 
 def _training_answer(results, task):
     title = TASK_TITLES.get(task, f"training: {task}")
-    ours = results.training_reference(task, FASTCUSTOM)
-    if ours is None:
-        rows = results.training_rows(task)
-        why = NOT_IN_RUN if not rows else "no fastcustom row (role) in this run"
+    headline = results.training_headline(task)
+    if headline is None:
+        why = NOT_IN_RUN if not results.training_rows(task) else "no fastcustom row (role)"
         return _row([title, *(["–"] * len(PEERS)), "–", why])
-    speedups = [results.training_speedup(ours, role) for role in PEERS]
-    title += f": {ours.implementation}, {format_rate(ours.steps_per_second, 'steps')}"
-    targets = "; ".join(training_targets(results, ours)) or (
-        "–" if any(speedups) else "no peer rows in this run")
-    return _row([title, *map(format_speedup, speedups), "–", targets])
+    implementation, steps_per_second, speedups = headline
+    ours = results.training_reference(task, FASTCUSTOM)
+    title += f": {implementation}, {format_rate(steps_per_second, 'steps')}"
+    targets = "; ".join(training_targets(results, ours)) if ours else ""
+    targets = targets or ("–" if speedups else "no peer rows in this run")
+    return _row([title, *(format_speedup(speedups.get(role)) for role in PEERS), "–", targets])
 
 
 def fresh_speedup(row, way, reference):
@@ -285,6 +287,7 @@ def fresh_speedup(row, way, reference):
 
 
 def fresh_targets(row, way):
+    """Target texts of one way of a fresh-process row."""
     texts = []
     for reference, least in row.ways[way]["targets"].items():
         speedup = fresh_speedup(row, way, reference)
@@ -313,8 +316,8 @@ def answer(results):
     lines = ["## At a glance", "",
              "How many times faster fastcustom is than each alternative (its time over "
              "fastcustom's: above 1× fastcustom is faster): the notes' code, Keras's built-in "
-             "(for training: the best `model.fit` as the notes' readers run it), the fastest "
-             "XLA formulation, PyTorch and JAX. Kernels at the large size, "
+             "(for training: `model.fit` with the notes' loss and metric), the fastest XLA "
+             "formulation, PyTorch and JAX. Kernels at the large size, "
              "training in steps/s, fresh processes in seconds. Brackets: the spread "
              f"(IQR of the interleaved rounds; {SEPARATE}: two separately timed rows, from "
              f"their IQRs or min-max); {NOISY}: spread above {NOISE_THRESHOLD:.0%} of the "
@@ -331,9 +334,7 @@ def answer(results):
         lines.append(_row([kernel, *(["–"] * len(PEERS)), "–",
                            "no interleaved row " + ("(detail below)" if any(
                                c.kernel == kernel for c in results.cases) else NOT_IN_RUN)]))
-    tasks = list(TRAINING_TASKS) + [t for t in dict.fromkeys(r.task for r in results.training)
-                                    if t not in TRAINING_TASKS]
-    lines += [_training_answer(results, task) for task in tasks]
+    lines += [_training_answer(results, task) for task in results.training_tasks()]
     for task in FRESH_PROCESS_TASKS:
         lines += _fresh_answer(results, task)
     missing = _missing_peers(results)
@@ -377,7 +378,7 @@ def by_size(results):
 def training(results):
     """One table per training task: every row's steps/s, spread, steps per CPU-second,
     targets; then the loss parity and the step anatomy where the run has them."""
-    tasks = list(dict.fromkeys([*TRAINING_TASKS, *(r.task for r in results.training)]))
+    tasks = results.training_tasks()
     lines = ["## Training", "",
              "Steps per second: the steps of a round over the median round (IQR: from the "
              "rounds' quartiles). Steps per CPU-second: over the process time of all its "
@@ -387,7 +388,9 @@ def training(results):
         rows = sorted(results.training_rows(task), key=lambda r: -r.steps_per_second)
         lines += [f"### {TASK_TITLES.get(task, task)}", ""]
         if not rows:
-            lines += ["Not in this run.", ""]
+            only_interleaved = results.interleaved_row(task) is not None
+            lines += ["No steps/s rows in this run; its interleaved row is in \"At a glance\"."
+                      if only_interleaved else "Not in this run.", ""]
             continue
         lines += _table_head(["implementation", "role", "steps/s", "IQR", "rounds",
                               "steps per CPU-s", "targets"])
@@ -449,21 +452,25 @@ def fresh_processes(results):
 # --- roofs and kernels ------------------------------------------------------------------
 def roofs(results):
     lines = ["## Roofs", "",
-             "Measured in this run. A roof is the best round of its measurements (bold: the "
-             "one the kernels are judged against); the median shows how steady it was.", ""]
+             "Measured in this run: each roof's own rounds, and the interleaved loops that "
+             "timed it beside the kernels. A roof is its fastest round of all of them (bold: "
+             "the one the kernels are judged against); its own median and IQR show how "
+             "steady it was.", ""]
     if not results.ceiling_cases:
         return lines + ["No roof was measured in this run.", ""]
     lines += _table_head(["roof", "device", "implementation", "per call", "median", "IQR",
-                          "rounds", "best round", "best rate"])
+                          "rounds", "best round (of all)", "best rate"])
     for case in sorted(results.ceiling_cases, key=lambda c: (list(ROOFS).index(c.roof)
                                                              if c.roof in ROOFS else 9,
                                                              c.device, c.implementation)):
         best = results.ceiling(case.roof, case.device) is case
         rate = format_rate(case.best_throughput, case.unit)
+        rounds = case.measured_rounds or case.timing.rounds
         lines.append(_row([ROOFS.get(case.roof, (case.kernel,))[0], case.device,
                            case.implementation, format_work(case), format_time(case.median),
                            format_noise(case.timing), str(case.timing.rounds),
-                           format_time(case.timing.best), f"**{rate}**" if best else rate]))
+                           f"{format_time(case.best_seconds or case.timing.best)} ({rounds})",
+                           f"**{rate}**" if best else rate]))
     return lines + [""]
 
 
