@@ -423,6 +423,7 @@ def test_the_gpu_harness_rows_read_as_cases_of_its_device(gpu_json):
     roof = gpu.roof_for("Huber forward", GPU)   # the copy: the only roof of the GPU
     assert roof.implementation == "cudaMemcpyAsync device-to-device copy"
     assert roof.roof == "read+write" and roof.best_throughput == pytest.approx(4000e9)
+    assert gpu.ceiling("B", GPU) is roof and gpu.ceiling("read", GPU) is None
     assert gpu.machine["gpu"] == GPU
 
 

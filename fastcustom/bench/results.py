@@ -204,9 +204,10 @@ class Results:
 
     # --- roofs ----------------------------------------------------------------------
     def ceiling(self, roof, device):
-        """The best measurement of roof kind `roof` on `device` (the ceiling case whose
-        fastest round moved the most work per second), or None."""
-        found = [c for c in self.ceiling_cases if c.roof == roof and c.device == device]
+        """The best measurement of roof kind `roof` ("read", "read+write", "matmul"; or of
+        any roof of a unit, "B" or "FLOP") on `device`: the ceiling case whose fastest
+        round did the most work per second; None when the run has none."""
+        found = [c for c in self.ceiling_cases if roof in (c.roof, c.unit) and c.device == device]
         return max(found, key=lambda c: c.best_throughput, default=None)
 
     def roof_for(self, kernel, device):
