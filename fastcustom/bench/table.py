@@ -314,16 +314,9 @@ def _fresh_answer(results, task):
 def answer(results):
     """The headline: one row per task, fastcustom's speed-up over each peer."""
     lines = ["## At a glance", "",
-             "How many times faster fastcustom is than each alternative (its time over "
-             "fastcustom's: above 1× fastcustom is faster): the notes' code, Keras's built-in "
-             "(for training: `model.fit` with the notes' loss and metric), the fastest XLA "
-             "formulation, PyTorch and JAX. Kernels at the large size, "
-             "training in steps/s, fresh processes in seconds. Brackets: the spread "
-             f"(IQR of the interleaved rounds; {SEPARATE}: two separately timed rows, from "
-             f"their IQRs or min-max); {NOISY}: spread above {NOISE_THRESHOLD:.0%} of the "
-             "value. *Of the roof*: fastcustom's throughput over the machine's, both timed "
-             "in the same loop. Every size is under \"By size\"; the rows behind each number "
-             "further down.", ""]
+             "fastcustom's speed-up over each alternative: its time over fastcustom's, above "
+             f"1× fastcustom is faster; the spread in brackets, {SEPARATE} timed apart, "
+             f"{NOISY} noisy.", ""]
     lines += _table_head(ANSWER_COLUMNS)
     kernel_rows = [r for r in results.interleaved if r.task in KERNELS and r.size == "large"]
     for row in sorted(kernel_rows, key=lambda r: (KERNELS.index(r.task), r.device != "cpu")):
@@ -337,6 +330,14 @@ def answer(results):
     lines += [_training_answer(results, task) for task in results.training_tasks()]
     for task in FRESH_PROCESS_TASKS:
         lines += _fresh_answer(results, task)
+    lines += ["", "The alternatives: the notes' code, Keras's built-in (for training: "
+              "`model.fit` with the notes' loss and metric), the fastest XLA formulation, "
+              "PyTorch and JAX. Kernels at the large size, training in steps/s, fresh "
+              "processes in seconds. Brackets: the spread (IQR of the interleaved rounds; "
+              f"{SEPARATE}: two separately timed rows, from their IQRs or min-max); {NOISY}: "
+              f"spread above {NOISE_THRESHOLD:.0%} of the value. *Of the roof*: fastcustom's "
+              "throughput over the machine's, both timed in the same loop. Every size is under "
+              "\"By size\"; the rows behind each number further down."]
     missing = _missing_peers(results)
     if missing:
         lines += ["", "Peers that did not run: " + "; ".join(missing) + "."]
