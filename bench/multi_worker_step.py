@@ -67,6 +67,7 @@ def main():
     report = {"task": cluster.get("task", {}).get("index", 0),
               "replicas": strategy.num_replicas_in_sync, "threads": args.threads,
               "parameters": parameters, "steps_per_second": args.steps / float(np.median(timed)),
+              "steps_per_epoch": args.steps, "epoch_seconds": timed,
               "compiled_with": history.params["compiled_with"], "all_reduce_seconds": None}
     if strategy.num_replicas_in_sync > 1:
         gradient = tf.ones([parameters])

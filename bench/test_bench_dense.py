@@ -1,9 +1,12 @@
-"""MyDense benchmarks: `selu(x @ kernel + bias)` forward, and forward + gradients; matmul ceiling.
+"""MyDense benchmarks: `selu(x @ kernel + bias)` forward, and forward + gradients; the matmul
+roof; and fastcustom against its peers, interleaved.
 
 Every implementation gets the same fresh random float32 x, kernel, bias (and
 upstream gradient). Forward + gradient returns d/dx, d/dkernel, d/dbias for a
 random upstream gradient. Work per call, for the roofline: 2·B·I·O FLOPs
-forward, 6·B·I·O with the gradients (bias and selu not counted).
+forward, 6·B·I·O with the gradients (bias and selu not counted). The roof is the
+fastest of several plain large matmuls (TensorFlow's, XLA's, NumPy's, PyTorch's, JAX's):
+a layer that beats one of them has found a faster matmul, not broken a roof.
 """
 
 import functools
@@ -16,7 +19,7 @@ import tensorflow as tf
 import fastcustom
 from fastcustom import reference
 from fastcustom.bench import case_info, ceiling_info
-from fastcustom.bench.cases import SIZES
+from fastcustom.bench.cases import FASTCUSTOM, SIZES
 from fastcustom.ops.dense import dense_forward_tf
 from fastcustom.baselines import notes
 
@@ -63,6 +66,12 @@ class Inputs:
             linear.bias.copy_(torch.from_numpy(self.np["bias"]))
         as_torch = functools.partial(torch.as_tensor, device=where)
         return torch, linear, as_torch(self.np["x"]), as_torch(self.np["upstream"])
+
+    def jax(self):
+        """jax and this size's x, kernel, bias, upstream on the device."""
+        jax, _, where = self.device.jax()
+        return jax, *(jax.device_put(self.np[name], where)
+                      for name in ("x", "kernel", "bias", "upstream"))
 
 
 LAYERS = {
@@ -118,6 +127,12 @@ def _forward_torch(inputs):
     return call, "torch"
 
 
+def _forward_jax(inputs):
+    jax, x, kernel, bias, _ = inputs.jax()
+    forward = jax.jit(lambda x, kernel, bias: jax.nn.selu(x @ kernel + bias))
+    return (lambda: forward(x, kernel, bias).block_until_ready()), "jax"
+
+
 # Each kernel has its table: the report's implementation name -> a builder of that
 # implementation's call. The tables, and the parametrized tests that run them, are parallel
 # by design (one row per way of computing the kernel), not code to share.
@@ -129,6 +144,7 @@ FORWARD = {
     "fastcustom": _forward_layer("fastcustom"),
     "numpy float64": _forward_numpy,
     "torch": _forward_torch,
+    "jax": _forward_jax,
 }
 
 
@@ -166,6 +182,17 @@ def _grads_torch(inputs):
     return call, "torch"
 
 
+def _grads_jax(inputs):
+    jax, x, kernel, bias, upstream = inputs.jax()
+
+    @jax.jit
+    def grads(x, kernel, bias, upstream):
+        _, pullback = jax.vjp(lambda x, kernel, bias: jax.nn.selu(x @ kernel + bias),
+                              x, kernel, bias)
+        return pullback(upstream)
+    return (lambda: jax.block_until_ready(grads(x, kernel, bias, upstream))), "jax"
+
+
 FORWARD_GRADIENT = {
     "notes (eager)": _grads_layer("notes (eager)"),
     "keras built-in": _grads_layer("keras built-in"),
@@ -173,6 +200,7 @@ FORWARD_GRADIENT = {
     "tf.function + XLA": _grads_compiled(jit_compile=True),
     "fastcustom": _grads_layer("fastcustom"),
     "torch": _grads_torch,
+    "jax": _grads_jax,
 }
 
 
@@ -199,21 +227,76 @@ def test_mydense_forward_gradient(measure, device, size, implementation):
     measure(lambda: FORWARD_GRADIENT[implementation](inputs), info)
 
 
-# --- ceiling: a plain large matmul ---------------------------------------------
-@tf.function
-def _matmul(a, b):
-    return tf.matmul(a, b)
-
-
-def test_matmul_peak(measure, device):
-    inputs = Inputs("large", device)
-    batch, fan_in, units = SHAPES["large"]
-
-    def make():
+# --- roof: the fastest plain large matmul ------------------------------------------
+def _matmul_tf(jit_compile):
+    def make(inputs):
+        matmul = tf.function(tf.matmul, jit_compile=jit_compile)
         x, _ = inputs.tf()
         kernel = tf.identity(inputs.np["kernel"])
-        return (lambda: _matmul(x, kernel)), "tf"
+        return (lambda: matmul(x, kernel)), "tf"
+    return make
 
-    measure(make, ceiling_info("FLOP", "tf.matmul (tf.function)", device.name,
-                               work=2 * batch * fan_in * units,
-                               shape=f"{batch}x{fan_in} @ {fan_in}x{units}"))
+
+def _matmul_numpy(inputs):
+    inputs.device.require_host()
+    x, kernel = inputs.np["x"], inputs.np["kernel"]
+    out = np.empty((x.shape[0], kernel.shape[1]), np.float32)
+    return (lambda: np.matmul(x, kernel, out=out)), "numpy"
+
+
+def _matmul_torch(inputs):
+    torch, linear, x, _ = inputs.torch()
+    kernel = linear.weight.detach().T.contiguous()
+
+    def call():
+        with torch.no_grad():
+            return torch.mm(x, kernel)
+    return call, "torch"
+
+
+def _matmul_jax(inputs):
+    jax, x, kernel, _, _ = inputs.jax()
+    matmul = jax.jit(jax.numpy.matmul)
+    return (lambda: matmul(x, kernel).block_until_ready()), "jax"
+
+
+MATMULS = {"tf.matmul (tf.function)": _matmul_tf(jit_compile=False),
+           "tf.matmul (XLA)": _matmul_tf(jit_compile=True),
+           "numpy matmul (float32)": _matmul_numpy,
+           "torch.mm": _matmul_torch,
+           "jax.numpy.matmul (jit)": _matmul_jax}
+
+
+@pytest.mark.parametrize("implementation", list(MATMULS))
+def test_matmul_peak(measure, device, implementation):
+    inputs = Inputs("large", device)
+    batch, fan_in, units = SHAPES["large"]
+    measure(lambda: MATMULS[implementation](inputs),
+            ceiling_info("FLOP", implementation, device.name, roof="matmul",
+                         work=2 * batch * fan_in * units,
+                         shape=f"{batch}x{fan_in} @ {fan_in}x{units}"))
+
+
+# --- fastcustom against its peers, timed in turn ----------------------------------
+PEERS = {"notes": "notes (eager)", "keras": "keras built-in", "xla": "tf.function + XLA",
+         "torch": "torch", "jax": "jax"}
+HEADLINE = {"MyDense forward": (FORWARD, 2), "MyDense forward + gradient": (FORWARD_GRADIENT, 6)}
+# The matmuls timed in the interleaved loop: TensorFlow's own, and NumPy's (OpenBLAS), the
+# fastest on the 2-core AMD EPYC this suite was written on.
+IN_LOOP_ROOFS = ("tf.matmul (tf.function)", "numpy matmul (float32)")
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("kernel", list(HEADLINE))
+def test_mydense_interleaved(device, interleave, kernel, size):
+    table, flops_per_mac = HEADLINE[kernel]
+    inputs, info = _case(kernel, size, FASTCUSTOM, device, flops_per_mac)
+    makers = {name: functools.partial(table[name], inputs)
+              for name in (FASTCUSTOM, *PEERS.values())}
+    roofs = []
+    if size == "large":
+        batch, fan_in, units = SHAPES["large"]
+        roofs = [(name, functools.partial(MATMULS[name], inputs), 2 * batch * fan_in * units)
+                 for name in IN_LOOP_ROOFS if device.name == "cpu" or "numpy" not in name]
+    interleave(kernel, size, info["shape"], makers, PEERS, work=info["work"], unit="FLOP",
+               roofs=roofs)

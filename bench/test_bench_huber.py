@@ -1,10 +1,15 @@
-"""Huber benchmarks: loss forward, forward + gradient, metric update; and the read ceiling.
+"""Huber benchmarks: loss forward, forward + gradient, metric update; the memory roofs; and
+fastcustom against its peers, interleaved.
 
 Every implementation computes the same thing on the same fresh random float32
 inputs (y_true, y_pred ~ N(0, 1), so both branches of h are taken):
 forward = the mean Huber loss (a scalar), forward + gradient = that scalar and
 d/dy_pred, metric update = one `update_state` of a streaming Huber mean.
-Work per call, for the roofline: both inputs read (+ the gradient written).
+Work per call (`ARRAYS`), the same for every implementation of a kernel: both
+inputs read, and for forward + gradient the gradient written (an implementation
+that makes two passes moves more, and is slower for it). Forward and the metric
+are judged against a read of both inputs on all cores, forward + gradient against
+`np.add(y_true, y_pred, out=gradient)` on all cores: the same reads and writes.
 """
 
 import concurrent.futures
@@ -19,13 +24,16 @@ import tensorflow as tf
 import fastcustom
 from fastcustom import reference
 from fastcustom.bench import case_info, ceiling_info
-from fastcustom.bench.cases import SIZES
+from fastcustom.bench.cases import FASTCUSTOM, SIZES
 from fastcustom.ops.huber import (huber_mean_tf, huber_mean_with_grad_tf, huber_per_sample_tf,
                                   huber_weighted_total_tf)
 from fastcustom.baselines import notes
 
 SHAPES = {"small": (32, 1), "medium": (16384, 16), "large": (500000, 16)}
 THRESHOLD = 1.0
+# What one call of each kernel must move, in input-sized arrays: (read, written).
+ARRAYS = {"Huber forward": (2, 0), "Huber forward + gradient": (2, 1),
+          "HuberMetric update": (2, 0)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -147,7 +155,8 @@ FORWARD = {
     "best XLA form (float32)": lambda inputs: _forward_tf(
         tf.function(_best_xla_form_mean, jit_compile=True))(inputs),
     "fastcustom": lambda inputs: _forward_tf(fastcustom.HuberLoss(THRESHOLD))(inputs),
-    "fused op": _forward_fused,
+    # The per-sample op, then TensorFlow's mean (fastcustom runs one op for the mean).
+    "fused op (per-sample, then mean)": _forward_fused,
     "numpy float64": _forward_numpy,
     "torch": _forward_torch,
     "jax + optax": _forward_jax,
@@ -218,8 +227,9 @@ FORWARD_GRADIENT = {
     "fastcustom": lambda inputs: _grad_tf_eager(fastcustom.HuberLoss(THRESHOLD))(inputs),
     "fastcustom (tf.function)": lambda inputs: _forward_tf(tf.function(
         functools.partial(_tape, fastcustom.HuberLoss(THRESHOLD))))(inputs),
-    # The per-sample op and its gradient kernel: two passes.
-    "fused op": _grad_fused,
+    # The per-sample op and its gradient kernel: two passes over the inputs, where
+    # fastcustom makes one (HuberMeanWithGrad).
+    "fused ops, two passes": _grad_fused,
     "numpy float64": _grad_numpy,
     "torch": _grad_torch,
     "jax + optax": _grad_jax,
@@ -282,63 +292,147 @@ METRIC_UPDATE = {
     "tf.function": _metric_compiled(jit_compile=False),
     "tf.function + XLA": _metric_compiled(jit_compile=True),
     "fastcustom": _metric_tf(lambda: fastcustom.HuberMetric(THRESHOLD)),
-    "fused op": _metric_fused,
+    "fused op (weighted total)": _metric_fused,
     "numpy float64": _metric_numpy,
 }
 
 
-def _case(kernel, size, implementation, device, arrays_moved):
+def bytes_moved(kernel, size):
+    """(bytes read, bytes written) by one call of `kernel` at `size`, any implementation."""
+    read, written = ARRAYS[kernel]
+    array = int(np.prod(SHAPES[size])) * np.dtype(np.float32).itemsize
+    return read * array, written * array
+
+
+def _case(kernel, size, implementation, device):
     inputs = Inputs(size, device)
+    read, written = bytes_moved(kernel, size)
     info = case_info(kernel, size, str(list(SHAPES[size])), implementation, device.name,
-                     work=arrays_moved * inputs.np_true.nbytes, unit="B", elements=inputs.n)
+                     work=read + written, read=read, written=written, unit="B",
+                     elements=inputs.n)
     return inputs, info
 
 
 @pytest.mark.parametrize("implementation", list(FORWARD))
 @pytest.mark.parametrize("size", SIZES)
 def test_huber_forward(measure, device, size, implementation):
-    inputs, info = _case("Huber forward", size, implementation, device, arrays_moved=2)
+    inputs, info = _case("Huber forward", size, implementation, device)
     measure(lambda: FORWARD[implementation](inputs), info)
 
 
 @pytest.mark.parametrize("implementation", list(FORWARD_GRADIENT))
 @pytest.mark.parametrize("size", SIZES)
 def test_huber_forward_gradient(measure, device, size, implementation):
-    inputs, info = _case("Huber forward + gradient", size, implementation, device,
-                         arrays_moved=3)
+    inputs, info = _case("Huber forward + gradient", size, implementation, device)
     measure(lambda: FORWARD_GRADIENT[implementation](inputs), info)
 
 
 @pytest.mark.parametrize("implementation", list(METRIC_UPDATE))
 @pytest.mark.parametrize("size", SIZES)
 def test_huber_metric_update(measure, device, size, implementation):
-    inputs, info = _case("HuberMetric update", size, implementation, device, arrays_moved=2)
+    inputs, info = _case("HuberMetric update", size, implementation, device)
     measure(lambda: METRIC_UPDATE[implementation](inputs), info)
 
 
-# --- ceiling: how fast this machine reads both large inputs --------------------
+# --- roofs: how fast this machine reads (and writes) the large arrays --------------
 _CORES = os.cpu_count() or 1
-_READERS = concurrent.futures.ThreadPoolExecutor(_CORES, thread_name_prefix="bench-read")
+_WORKERS = concurrent.futures.ThreadPoolExecutor(_CORES, thread_name_prefix="bench-roof")
+
+
+def _per_core(*arrays):
+    """Each array's flat view cut into one contiguous slice per core, zipped by core."""
+    return list(zip(*(np.array_split(array.reshape(-1), _CORES) for array in arrays)))
 
 
 def _read_all_cores(inputs):
-    """max over both inputs, split into one contiguous slice per core (NumPy releases the
-    GIL in the reduction): a memory-bound read of every byte, the roof of the kernels."""
+    """max over both inputs, one contiguous slice per core on a thread pool (NumPy releases
+    the GIL in the reduction): a memory-bound read of every byte, the roof of a kernel
+    that reads both inputs. Not a summing reduction (`tf.reduce_sum`): that is bound by
+    its adds, below what memory delivers."""
     inputs.device.require_host()
-    slices = [part for array in (inputs.np_true, inputs.np_pred)
-              for part in np.array_split(array.reshape(-1), _CORES)]
+    slices = [part for parts in _per_core(inputs.np_true, inputs.np_pred) for part in parts]
 
     def call():
-        return max(_READERS.map(np.max, slices))
+        return max(_WORKERS.map(np.max, slices))
     return call, "numpy"
 
 
-READS = {f"numpy max ({_CORES} threads)": _read_all_cores}
+def _read_write_all_cores(inputs):
+    """`np.add(y_true, y_pred, out=result)`, one slice per core on a thread pool: both
+    inputs read and one input-sized array written, as forward + gradient does. The
+    result is allocated and touched once, outside the timing (no page faults)."""
+    inputs.device.require_host()
+    result = np.ones_like(inputs.np_pred)
+    slices = _per_core(inputs.np_true, inputs.np_pred, result)
+
+    def call():
+        list(_WORKERS.map(lambda parts: np.add(parts[0], parts[1], out=parts[2]), slices))
+    return call, "numpy"
 
 
-@pytest.mark.parametrize("implementation", list(READS))
-def test_read_bandwidth(measure, device, implementation):
+def _copy_all_cores(inputs):
+    """`np.copyto(result, y_pred)`, one slice per core: one input read, one written. A large
+    copy writes with non-temporal stores (glibc's memcpy), so it is not slowed by reading
+    each output line first as `np.add(..., out=)` is: the two bound read + write together."""
+    inputs.device.require_host()
+    result = np.ones_like(inputs.np_pred)
+    slices = _per_core(result, inputs.np_pred)
+
+    def call():
+        list(_WORKERS.map(lambda parts: np.copyto(parts[0], parts[1]), slices))
+    return call, "numpy"
+
+
+READ = f"numpy max ({_CORES} threads)"
+READ_WRITE = f"numpy add, out= ({_CORES} threads)"
+COPY = f"numpy copy ({_CORES} threads)"
+# name -> (roof kind, builder, (arrays read, arrays written))
+ROOFS = {READ: ("read", _read_all_cores, ARRAYS["Huber forward"]),
+         READ_WRITE: ("read+write", _read_write_all_cores, ARRAYS["Huber forward + gradient"]),
+         COPY: ("read+write", _copy_all_cores, (1, 1))}
+
+
+@pytest.mark.parametrize("implementation", list(ROOFS))
+def test_memory_roof(measure, device, implementation):
     inputs = Inputs("large", device)
-    info = ceiling_info("B", implementation, device.name, work=2 * inputs.np_true.nbytes,
-                        shape=str(list(SHAPES["large"])))
-    measure(lambda: READS[implementation](inputs), info)
+    roof, make, (read, written) = ROOFS[implementation]
+    array = inputs.np_true.nbytes
+    info = ceiling_info("B", implementation, device.name, roof=roof,
+                        work=(read + written) * array, read=read * array,
+                        written=written * array, shape=str(list(SHAPES["large"])))
+    measure(lambda: make(inputs), info)
+
+
+# --- fastcustom against its peers, timed in turn ----------------------------------
+# Per kernel: its implementations, and the peer of each role (`cases.PEERS`) that the
+# headline compares fastcustom with; the roof timed in the same loop at the large size.
+HEADLINE = {
+    "Huber forward": (FORWARD, (READ,), {
+        "notes": "notes (eager)", "keras": "keras built-in", "xla": "best XLA form (float32)",
+        "torch": "torch", "jax": "jax + optax"}),
+    "Huber forward + gradient": (FORWARD_GRADIENT, (READ_WRITE, COPY), {
+        "notes": "notes (eager)", "keras": "keras built-in", "xla": "best XLA form (float32)",
+        "torch": "torch", "jax": "jax + optax"}),
+    "HuberMetric update": (METRIC_UPDATE, (READ,), {
+        "notes": "notes (eager)", "keras": "keras built-in", "xla": "tf.function + XLA"}),
+}
+# The project's targets for fastcustom's rows: HuberLoss's forward at >= 85% of the roof.
+TARGETS = {"Huber forward": {"roof": 0.85}}
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("kernel", list(HEADLINE))
+def test_huber_interleaved(device, interleave, kernel, size):
+    table, roof_names, peers = HEADLINE[kernel]
+    inputs, info = _case(kernel, size, FASTCUSTOM, device)
+    makers = {name: functools.partial(table[name], inputs)
+              for name in (FASTCUSTOM, *peers.values())}
+    roofs = []
+    if size == "large" and device.name == "cpu":
+        for name in roof_names:
+            _, make_roof, (read, written) = ROOFS[name]
+            roofs.append((name, functools.partial(make_roof, inputs),
+                          (read + written) * inputs.np_true.nbytes))
+    interleave(kernel, size, info["shape"], makers, peers, work=info["work"], unit="B",
+               read=info["bytes_read"], written=info["bytes_written"], roofs=roofs,
+               targets=TARGETS.get(kernel))

@@ -1,10 +1,10 @@
 """Training speed: `fastcustom.fit` against `model.fit` and the notes' eager loop, side by side.
 
-    python -m pytest bench/test_bench_training.py --benchmark-json=bench/out/training.json
+    pytest bench/test_bench_training.py --benchmark-json=bench/out/training.json
 
     # the same under an XLA flag (here: XLA's YNNPACK dots off; see the end of this text):
     XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_dot \
-        python -m pytest bench/test_bench_training.py --benchmark-json=bench/out/training-noynn.json
+        pytest bench/test_bench_training.py --benchmark-json=bench/out/training-noynn.json
 
 The notes' regression model (8 inputs -> 30 selu -> 30 selu -> 1, lecun_normal),
 20,640 generated samples, batch 32 (645 steps an epoch), Nadam. The baselines are
@@ -16,8 +16,11 @@ Each case starts from the same initial weights, is traced and compiled in a
 warm-up round, then timed over a fixed number of rounds of
 3 epochs (one `fit` call each, so both pay their per-call set-up alike); its
 `extra_info` holds `steps_per_second` (steps per round / median round time) and
-the `XLA_FLAGS` it ran with. The eager loop runs a reduced number of steps per
-round: it is slow. `test_speedups` runs last: it prints the ratios, stores them
+the `XLA_FLAGS` it ran with (`fastcustom.bench.cases.training_info`: the task, the
+row's `role` in the report's headline and its `TARGETS`). The eager loop runs a
+reduced number of steps per round: it is slow. `test_training_interleaved` times
+fastcustom.fit, the best model.fit and JAX in turn, for ratios that hold on a busy
+machine. `test_speedups` runs last: it prints the ratios, stores them
 in its `extra_info`, checks that the final training loss after the same epochs
 from the same weights is within 5% of model.fit's, and warns when a target is
 missed (fastcustom.fit >= 20x the best model.fit, >= 1000x the eager loop).
@@ -47,6 +50,7 @@ import tensorflow as tf
 import fastcustom
 from fastcustom.baselines import notes
 from fastcustom.baselines.training_loop import train_eagerly
+from fastcustom.bench.cases import fresh_process_info, training_info
 
 SAMPLES, FEATURES, BATCH = 20_640, 8, 32
 STEPS_PER_EPOCH = -(-SAMPLES // BATCH)
@@ -55,6 +59,15 @@ EAGER_STEPS = 100          # per round of the eager loop
 PARITY_EPOCHS = 5
 STEPS_PER_SECOND = {}      # implementation -> steps/s, for test_speedups
 STEPS_PER_CPU_SECOND = {}  # implementation -> steps per CPU second
+NOTES_MODEL = "notes' model"   # the report's task names (fastcustom.bench.cases.TRAINING_TASKS)
+# Each row's least speed-up over the best row of a role (or over a named row), as the
+# report checks them (test_speedups warns on the same ones).
+TARGETS = {"fastcustom.fit": {"keras": 20, "notes": 1000, "jax": 1.0},
+           "accelerated model.fit": {"fastcustom.fit": 0.9},
+           "accelerated model.fit + EarlyStopping, ModelCheckpoint": {"fastcustom.fit": 0.9},
+           "accelerated model.fit + a batch-level callback (32 steps per call)": {"keras": 5},
+           "accelerated model.fit on a tf.data.Dataset": {
+               "model.fit on a tf.data.Dataset steps_per_execution=all": 5}}
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,11 +90,14 @@ def notes_model(activation="selu"):
         keras.layers.Dense(1)])
 
 
-def record(benchmark, implementation, steps_per_round, rounds, target):
+def record(benchmark, implementation, steps_per_round, rounds, target, *, role=None,
+           task=NOTES_MODEL):
     """Warm (trace, compile) and time `target`; store its steps per second and per CPU second.
 
     Steps per CPU second (process time, all threads) is the steadier number on
-    a shared machine; it counts threads that spin waiting for work, too.
+    a shared machine; it counts threads that spin waiting for work, too. `role`:
+    the row's place in the report's headline ("fastcustom", or a peer of
+    `fastcustom.bench.cases.PEERS`), None for the other rows.
     """
     benchmark.group = "training steps/s | notes' model, batch 32, Nadam, Huber"
     cpu_seconds = []
@@ -94,13 +110,11 @@ def record(benchmark, implementation, steps_per_round, rounds, target):
     benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=1)
     if benchmark.disabled:  # --benchmark-disable: a smoke run, nothing timed
         return
-    steps_per_second = steps_per_round / benchmark.stats.stats.median
-    benchmark.extra_info.update({
-        "suite": "training", "implementation": implementation,
-        "steps_per_round": steps_per_round, "steps_per_second": steps_per_second,
-        "steps_per_cpu_second": steps_per_round / statistics.median(cpu_seconds[1:]),
-        "xla_flags": os.environ.get("XLA_FLAGS", "")})
-    STEPS_PER_SECOND[implementation] = steps_per_second
+    benchmark.extra_info.update(training_info(
+        task, implementation, role=role, steps_per_round=steps_per_round,
+        round_seconds=benchmark.stats.stats.data, cpu_seconds=cpu_seconds[1:],
+        targets=TARGETS.get(implementation), xla_flags=os.environ.get("XLA_FLAGS", "")))
+    STEPS_PER_SECOND[implementation] = benchmark.extra_info["steps_per_second"]
     STEPS_PER_CPU_SECOND[implementation] = benchmark.extra_info["steps_per_cpu_second"]
 
 
@@ -117,7 +131,8 @@ def test_fastcustom_fit(benchmark, jit_compile):
 
     name = "fastcustom.fit" + (" jit_compile=False" if jit_compile is False else "")
     record(benchmark, name, EPOCHS_PER_ROUND * STEPS_PER_EPOCH,
-           rounds=15 if jit_compile else 3, target=target)
+           rounds=15 if jit_compile else 3, target=target,
+           role="fastcustom" if jit_compile == "auto" else None)
 
 
 def notes_dataset():
@@ -206,7 +221,8 @@ def test_softmax_classifier_with_accuracy(benchmark, how):
         model.fit(x, labels, batch_size=BATCH, epochs=EPOCHS_PER_ROUND, verbose=0)
 
     record(benchmark, f"softmax MLP, accuracy: {how}", EPOCHS_PER_ROUND * steps,
-           rounds=15 if how == "accelerated" else 3, target=target)
+           rounds=15 if how == "accelerated" else 3, target=target, task="softmax MLP",
+           role="fastcustom" if how == "accelerated" else "keras")
 
 
 COMPONENTS = {"notes": lambda: (notes.Huberloss(), notes.HuberMetric()),
@@ -232,7 +248,10 @@ def test_keras_model_fit(benchmark, steps_per_execution, rounds, jit_compile, co
     name = f"model.fit steps_per_execution={steps_per_execution}"
     name += " jit_compile=True" if jit_compile is True else ""
     name += " (fastcustom loss, metric)" if components == "fastcustom" else ""
-    record(benchmark, name, EPOCHS_PER_ROUND * STEPS_PER_EPOCH, rounds=rounds, target=target)
+    # The headline's model.fit: the notes' loss and metric, Keras's default jit_compile.
+    as_the_notes_run_it = components == "notes" and jit_compile == "auto"
+    record(benchmark, name, EPOCHS_PER_ROUND * STEPS_PER_EPOCH, rounds=rounds, target=target,
+           role="keras" if as_the_notes_run_it else None)
 
 
 def jax_epoch_trainer(jax, optax, activation="selu"):
@@ -291,7 +310,7 @@ def test_jax_lax_scan_optax(benchmark):
         loss.block_until_ready()
 
     record(benchmark, "JAX jit(lax.scan) + optax.nadam", EPOCHS_PER_ROUND * steps, rounds=15,
-           target=target)
+           target=target, role="jax")
 
 
 # The first call from a fresh process (trace, compile, one epoch), each way in its own
@@ -327,6 +346,11 @@ print(time.perf_counter() - start)
 # what every later process of the same program pays.
 WARM_CACHE = "accelerated model.fit, XLA cache warm"
 FIRST_CALL_WAYS = ["accelerated model.fit", WARM_CACHE, "model.fit", "jax"]
+FIRST_CALL_ROLES = {"accelerated model.fit": "fastcustom", WARM_CACHE: "fastcustom",
+                    "model.fit": "keras", "jax": "jax"}
+# First call <= 1.25x JAX's; a fresh one-epoch fit no slower than model.fit's.
+FIRST_CALL_TARGETS = {"accelerated model.fit": {"jax": 0.8, "keras": 1.0},
+                      WARM_CACHE: {"jax": 0.8}}
 
 
 def test_first_call_from_a_fresh_process(benchmark, tmp_path):
@@ -359,8 +383,9 @@ def test_first_call_from_a_fresh_process(benchmark, tmp_path):
     benchmark.pedantic(run_all, rounds=1, iterations=1)
     medians = {way: statistics.median(values) for way, values in seconds.items()}
     benchmark.group = "training first call"
-    benchmark.extra_info.update({"suite": "training", "first_call_seconds": medians,
-                                 "first_call_all": seconds})
+    benchmark.extra_info.update(fresh_process_info(
+        "first call", "trace, compile and one epoch", seconds, roles=FIRST_CALL_ROLES,
+        targets=FIRST_CALL_TARGETS))
     print("\nfirst call (fresh process, compile + 1 epoch), median of 3:")
     for way, value in medians.items():
         print(f"  {way:38s} {value:6.2f} s")
@@ -384,7 +409,7 @@ def test_eager_reference_loop(benchmark):
         train_eagerly(model, x, y, loss_fn=loss, optimizer=optimizer, metrics=[metric],
                       batch_size=BATCH, seed=0, max_steps=EAGER_STEPS)
 
-    record(benchmark, "eager loop (notes)", EAGER_STEPS, rounds=3, target=target)
+    record(benchmark, "eager loop (notes)", EAGER_STEPS, rounds=3, target=target, role="notes")
 
 
 # fastcustom.fit on the notes' model with one part changed: (activation, optimizer, the
@@ -531,3 +556,46 @@ def test_speedups(benchmark):
     benchmark.extra_info["targets_missed"] = missed
     if missed:
         warnings.warn("fastcustom.fit missed its speed targets: " + "; ".join(missed))
+
+
+def test_training_interleaved(interleave):
+    """fastcustom.fit, the best model.fit (steps_per_execution = all) and JAX, one round
+    (3 epochs) of each in turn: the headline's ratios, steady on a busy machine."""
+    x, y = regression_data()
+    model, optimizer = notes_model(), keras.optimizers.Nadam()
+    loss, metric = COMPONENTS["fastcustom"]()
+
+    def fastcustom_fit():
+        fastcustom.fit(model, x, y, loss=loss, optimizer=optimizer, metrics=[metric],
+                       batch_size=BATCH, epochs=EPOCHS_PER_ROUND, seed=0, verbose=0)
+
+    keras_model = notes_model()
+    keras_model.compile(optimizer=keras.optimizers.Nadam(), metrics=[notes.HuberMetric()],
+                        loss=notes.Huberloss(), steps_per_execution=STEPS_PER_EPOCH)
+    makers = {"fastcustom.fit": lambda: (fastcustom_fit, "tf"),
+              "model.fit steps_per_execution=all": lambda: (lambda: keras_model.fit(
+                  x, y, batch_size=BATCH, epochs=EPOCHS_PER_ROUND, verbose=0), "tf"),
+              "JAX jit(lax.scan) + optax.nadam": _jax_round}
+    peers = {"keras": "model.fit steps_per_execution=all",
+             "jax": "JAX jit(lax.scan) + optax.nadam"}
+    interleave(NOTES_MODEL, None, "batch 32", makers, peers, ours="fastcustom.fit",
+               work=EPOCHS_PER_ROUND * STEPS_PER_EPOCH, unit="steps", rounds=7, iterations=1)
+
+
+def _jax_round():
+    """A round of JAX training as `test_jax_lax_scan_optax` times it; skips without JAX."""
+    jax = pytest.importorskip("jax", reason="JAX is not installed (pip install '.[frameworks]')")
+    optax = pytest.importorskip("optax", reason="optax is not installed")
+    x, y = regression_data()
+    steps = SAMPLES // BATCH
+    params, state, epoch = jax_epoch_trainer(jax, optax)
+    rng, carry = np.random.default_rng(0), {"params": params, "state": state}
+
+    def target():
+        for _ in range(EPOCHS_PER_ROUND):
+            order = rng.permutation(SAMPLES)[:steps * BATCH]
+            carry["params"], carry["state"], loss = epoch(
+                carry["params"], carry["state"], x[order].reshape(steps, BATCH, FEATURES),
+                y[order].reshape(steps, BATCH, 1))
+        loss.block_until_ready()
+    return target, "jax"
