@@ -82,7 +82,8 @@ def profile_fit(model, x, y, logdir, *, first_step=5, steps=6, batch_size=32, **
 
 def build_model(jit_compile=True, accelerated=True, features=8, hidden=30, seed=0):
     """The notes' regressor from fastcustom's classes: MyDense(selu) x 2 -> MyDense(1),
-    HuberLoss and HuberMetric (threshold 2), Nadam; accelerated unless asked not to."""
+    HuberLoss and HuberMetric (threshold 2), Nadam; accelerated unless asked not to, its
+    loops XLA-compiled from the first call or plain graphs (`jit_compile`)."""
     import keras
 
     import fastcustom
@@ -95,7 +96,7 @@ def build_model(jit_compile=True, accelerated=True, features=8, hidden=30, seed=
     model.compile(optimizer="nadam", loss=fastcustom.HuberLoss(2.0),
                   metrics=[fastcustom.HuberMetric(2.0)])
     if accelerated:
-        fastcustom.accelerate(model, jit_compile="auto" if jit_compile else False)
+        fastcustom.accelerate(model, jit_compile=bool(jit_compile))
     return model
 
 
@@ -115,8 +116,8 @@ def run(logdir, steps=10, batch_size=32, jit_compile=True, accelerated=True, top
     y = np.tanh(x[:, :1] + 0.5 * x[:, 1:2]).astype("float32")
     trace = profile_fit(model, x, y, logdir, first_step=first_step, steps=steps,
                         batch_size=batch_size, shuffle=False)
-    how = ("accelerated model.fit" if accelerated else "model.fit") + \
-        (", XLA" if jit_compile else ", no XLA")
+    how = (("accelerated model.fit, XLA" if jit_compile else "accelerated model.fit, a graph")
+           if accelerated else "Keras's own model.fit, with StepMarkers")
     print(f"Profiled training steps {first_step} to {first_step + steps - 1} of the notes' "
           f"model (MyDense x 3, HuberLoss, HuberMetric), {how}.")
     print(f"Open it: tensorboard --logdir {logdir}   (then the Profile tab)")
