@@ -61,9 +61,10 @@ def _get_registered_kernels_for_op():
     return kernels.get_registered_kernels_for_op
 
 
-def _traceme_enabled():
+def _trace_module():
     from tensorflow.python.profiler import trace
-    return trace.enabled
+    trace.enabled   # a function in TensorFlow 2.21, a module flag before
+    return trace
 
 
 def _get_keras_mask():
@@ -77,7 +78,7 @@ _record = _private(_record_module, "tensorflow.python.eager.record")
 _kernels_for_op = _private(_get_registered_kernels_for_op,
                            "tensorflow.python.framework.kernels.get_registered_kernels_for_op")
 _keras_mask = _private(_get_keras_mask, "keras.src.backend.get_keras_mask")
-_profiler_enabled = _private(_traceme_enabled, "tensorflow.python.profiler.trace.enabled")
+_trace = _private(_trace_module, "tensorflow.python.profiler.trace.enabled")
 
 # What each guarded import above reaches, for the test that checks they all exist.
 PRIVATE_SYMBOLS = (
@@ -145,7 +146,10 @@ def registered_kernel_dtypes(op_name, device_type):
 
 def profiler_capturing():
     """Whether the TensorFlow profiler is recording (a trace started and not stopped)."""
-    return bool(_profiler_enabled()) if _profiler_enabled is not None else False
+    if _trace is None:
+        return False
+    enabled = _trace.enabled
+    return bool(enabled() if callable(enabled) else enabled)
 
 
 def keras_mask(tensor):

@@ -210,7 +210,9 @@ def training_info(task, implementation, *, steps_per_round, round_seconds, role=
 def fresh_process_info(task, label, seconds, *, roles, targets=None, **details):
     """`extra_info` of a fresh-process row: `seconds` maps each way to the seconds each
     of its fresh processes took; `roles` maps ways to roles; `targets` maps a way to its
-    {role or way: least speed-up} (speed-up: the other's seconds over this way's)."""
+    {role or way: least speed-up} (speed-up: the other's seconds over this way's). With
+    `unit="MB"` in `details` the amounts are megabytes (peak memory) instead, lower better
+    all the same."""
     for role in roles.values():
         _check(role=role)
     ways = {way: {"role": roles.get(way), "seconds": spread(values),

@@ -439,12 +439,16 @@ def fresh_processes(results):
             lines += ["Not in this run.", ""]
             continue
         for row in rows:
+            # "seconds" holds the measured amount: seconds, or what `unit` names (peak MB)
+            unit = row.info.get("unit", "seconds")
+            digits = 0 if unit == "MB" else 2
             lines += [f"{row.label}:", ""] if row.label else []
-            lines += _table_head(["way", "role", "seconds", "min–max", "processes", "targets"])
+            lines += _table_head(["way", "role", unit, "min–max", "processes", "targets"])
             for way, data in row.ways.items():
                 s = data["seconds"]
                 lines.append(_row([way, ROLE_NAMES.get(data["role"], "") if data["role"] else "",
-                                   f"{s['median']:.2f}", f"{s['min']:.2f}–{s['max']:.2f}",
+                                   f"{s['median']:.{digits}f}",
+                                   f"{s['min']:.{digits}f}–{s['max']:.{digits}f}",
                                    str(s["rounds"]), "; ".join(fresh_targets(row, way)) or ""]))
             lines.append("")
     return lines

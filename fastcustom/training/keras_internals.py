@@ -184,5 +184,5 @@ class WindowedEpochIterator(EpochIterator):
         """This epoch's steps as Keras enumerates them: (step, iterator) per step, each
         before that step's batch is read; the epoch's bookkeeping when exhausted."""
         self._epoch_iterator = self._enumerate_iterator()
-        for step, _, iterator in self._epoch_iterator:
-            yield step, iterator
+        for pulled in self._epoch_iterator:   # (step, iterator); Keras 3.11+: (step, end, it)
+            yield pulled[0], pulled[-1]

@@ -11,12 +11,12 @@ and a long fit of such a model would lose on every step. So a loop of
 short fit is never slower than `model.fit`), measures a graph step, and tries XLA when
 the steps still to run could repay the compile:
 
-- a fit of known length (`plan`): when its remaining graph time is more than
-  `REPAY` times the estimated compile (`COMPILE_PER_TRACE` times the graph's first call):
-  XLA at a fifth of a graph step, as for small models, then repays it;
-- otherwise (a stream of unknown length, an evaluation): once the graph time spent
-  exceeds that, so that the most it can lose is about what it already spent (the
-  rent-or-buy rule).
+- when the fit's remaining graph time, where its length is known (`plan`), is more
+  than `REPAY` times the estimated compile (`COMPILE_PER_TRACE` times the graph's first
+  call): XLA at a fifth of a graph step, as for small models, then repays it;
+- or once the graph time this loop has spent (over all its calls and fits: a stream of
+  unknown length, evaluations, many short fits) exceeds the estimated compile, so that
+  the most it can lose is about what it already spent (the rent-or-buy rule).
 
 Once it has run XLA steps it compares: XLA stays only when its steps are faster, else
 the loop goes back to the graph for good. The decisions are kept per model and kind
@@ -82,11 +82,9 @@ class Mode:
         if self.graph_step is None or self.graph_first_call is None:
             return
         compile_estimate = COMPILE_PER_TRACE * self.graph_first_call
-        if self.remaining is not None:
-            repays = self.remaining * self.graph_step > REPAY * compile_estimate
-        else:
-            repays = self.graph_time > compile_estimate
-        if repays:
+        ahead = self.remaining is not None \
+            and self.remaining * self.graph_step > REPAY * compile_estimate
+        if ahead or self.graph_time > compile_estimate:
             self.xla = True
 
     def give_up_xla(self):
