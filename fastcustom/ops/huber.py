@@ -127,7 +127,7 @@ def huber_mean_grad_tf(y_true, y_pred, threshold):
     In float32 for float32 and narrower inputs (the difference, t and 1 / size each
     rounded once: within 2e-7 of float64), in float64 where that difference overflows
     float32 (|e| > 3.4e38) and for float64 inputs. XLA:CPU runs this select of the two
-    faster than the float32 formula alone (bench/RESULTS.md, 2026-12-02).
+    faster than the float32 formula alone (bench/RESULTS.md).
 
     >>> huber_mean_grad_tf(tf.constant([[0.0, 0.0]]), tf.constant([[0.5, -3.0]]), 1.0)
     <tf.Tensor: shape=(1, 2), dtype=float32, numpy=array([[ 0.25, -0.5 ]], dtype=float32)>
@@ -257,8 +257,8 @@ def huber_mean(y_true, y_pred, threshold=1.0):
     if not recording and tf.executing_eagerly():
         # HuberWeightedTotal (no gradient), then the mean made here: total / count in
         # Python's float64, as TensorFlow's, then float32 and float64 rounded by
-        # tf.constant as by tf.cast: no scalar kernels after the op, each of which
-        # measured 0.3 ms while the op's worker threads still spin
+        # tf.constant as by tf.cast: no scalar kernels after the op (each is slow while
+        # the op's worker threads still spin)
         total, count = ops.huber_weighted_total(y_true, y_pred, threshold,
                                                 _no_weights(y_pred.dtype))
         mean = float(total) / float(count)

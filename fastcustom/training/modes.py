@@ -1,11 +1,10 @@
 """Graph or XLA: which compiled form a loop's next call takes, decided from what it costs.
 
 XLA runs a small model's steps several times faster than a plain TensorFlow graph, but
-compiling them takes seconds (XLA's first call took 1.8 to 3.9 times the graph's first
-call, trace included, in this package's measurements: an MLP, an LSTM, BatchNorm and
-Dropout, a wide MLP), and for
+compiling them takes seconds (XLA's first call takes a few times as long as the graph's
+first call, trace included: bench/RESULTS.md, "Graph or XLA"), and for
 some models it is slower per step (XLA:CPU's stateless random numbers make Dropout
-steps 4x slower). A short fit would lose more to the compile than XLA can win back,
+steps slower). A short fit would lose more to the compile than XLA can win back,
 and a long fit of such a model would lose on every step. So a loop of
 `jit_compile="auto"` starts as a graph (traced like `model.fit`'s train function, so a
 short fit is never slower than `model.fit`), measures a graph step, and tries XLA when
