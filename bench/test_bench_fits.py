@@ -17,14 +17,15 @@
   (target: accelerated <= 1.05x plain).
 - `test_profiling_callback_outside_its_window` and `test_data_checks`: what a
   TensorBoard profile window the fit does not reach, and fastcustom's data checks (on a
-  model with a sparse loss, where there are some), cost in steady state, interleaved
-  with the same fit without them (targets: within 3%).
+  model with a sparse loss, where there are some: the notes' model has none), cost in
+  steady state, timed in turn with the same fit without them (targets: within 3%).
 """
 
 import os
 import statistics
 import subprocess
 import sys
+import time
 import warnings
 
 import keras
@@ -33,7 +34,7 @@ import pytest
 import tensorflow as tf
 
 import fastcustom
-from fastcustom.bench.cases import fresh_process_info
+from fastcustom.bench.cases import fresh_process_info, spread
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NOTES = "notes' model"
@@ -210,59 +211,68 @@ def test_peak_memory_on_large_arrays(benchmark):
                                      for way, v in peaks.items()))
 
 
-def test_profiling_callback_outside_its_window(interleave, tmp_path):
+def cost(benchmark, with_name, with_fit, without_name, without_fit, rounds=9, target=0.97):
+    """`with_fit` and `without_fit` timed in turn, `rounds` times (one warm-up of each
+    first); `extra_info["cost"]`: the speed of the first over the second per round."""
+    times = {with_name: [], without_name: []}
+    order = [(with_name, with_fit), (without_name, without_fit)]
+
+    def alternate():
+        for name, fit in order:
+            start = time.perf_counter()
+            fit()
+            times[name].append(time.perf_counter() - start)
+        order.reverse()
+
+    benchmark.group = "costs in steady state"
+    benchmark.pedantic(alternate, rounds=rounds, iterations=1, warmup_rounds=1)
+    if benchmark.disabled:
+        return
+    pairs = zip(times[with_name][1:], times[without_name][1:])
+    benchmark.extra_info["cost"] = {"with": with_name, "without": without_name,
+                                    "ratio": spread([theirs / mine for mine, theirs in pairs]),
+                                    "target": target}
+
+
+def test_profiling_callback_outside_its_window(benchmark, tmp_path):
     """A TensorBoard profile window past every fit's end: no step is profiled, and the
-    loop's calls stay whole."""
+    loop's calls stay whole (3 epochs of the notes' model a round)."""
     x, y = notes_data()
     window = keras.callbacks.TensorBoard(str(tmp_path), profile_batch=(10**6, 10**6 + 5))
 
-    def make(callbacks):
-        def build():
-            model = fastcustom.accelerate(notes_model())
-            fit = lambda: model.fit(x, y, epochs=3, verbose=0, callbacks=callbacks)  # noqa: E731
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                until_xla(fit)
-            return fit, "tf"
-        return build
+    def fit_of(callbacks):
+        model = fastcustom.accelerate(notes_model())
+        fit = lambda: model.fit(x, y, epochs=3, verbose=0, callbacks=callbacks)  # noqa: E731
+        until_xla(fit)
+        return fit
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*profiled nothing")
-        interleave(NOTES, None, "batch 32, 3 epochs",
-                   {"with TensorBoard(profile_batch) outside the fit": make([window]),
-                    "without": make([])},
-                   {"fastcustom": "without"},
-                   ours="with TensorBoard(profile_batch) outside the fit",
-                   work=3 * 645, unit="steps", rounds=9, iterations=1,
-                   targets={"fastcustom": 0.97})
+        cost(benchmark, "TensorBoard(profile_batch) outside the fit", fit_of([window]),
+             "no callback", fit_of([]))
 
 
-def test_data_checks(interleave, monkeypatch):
-    """A softmax classifier with a sparse loss: its labels are checked once per fit before
-    the steps; against the same fit with the checks switched off."""
+def test_data_checks(benchmark, monkeypatch):
+    """A softmax classifier with a sparse loss (its labels are checked once per fit, before
+    the steps), against the same fit with the checks switched off (one epoch a round)."""
     from fastcustom.training import checks
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((20_640, 32), np.float32)
     labels = rng.integers(0, 10, len(x))
 
-    def make(checked):
-        def build():
-            keras.utils.set_random_seed(7)
-            model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, "relu"),
-                                      keras.layers.Dense(10, "softmax")])
-            model.compile("adam", "sparse_categorical_crossentropy")
-            fastcustom.accelerate(model, jit_compile=True)
-            if not checked:
-                with monkeypatch.context() as off:
-                    off.setattr(checks.Precheck, "of", classmethod(lambda cls, trace: None))
-                    off.setattr(checks, "step_report", lambda ops: checks.ok_report())
-                    model.fit(x, labels, epochs=1, verbose=0)   # traced without checks
-            fit = lambda: model.fit(x, labels, epochs=1, verbose=0)   # noqa: E731
-            return fit, "tf"
-        return build
+    def fit_of(checked):
+        keras.utils.set_random_seed(7)
+        model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, "relu"),
+                                  keras.layers.Dense(10, "softmax")])
+        model.compile("adam", "sparse_categorical_crossentropy")
+        fastcustom.accelerate(model, jit_compile=True)
+        fit = lambda: model.fit(x, labels, epochs=1, verbose=0)   # noqa: E731
+        with monkeypatch.context() as off:
+            if not checked:   # traced without checks; later fits reuse that trace
+                off.setattr(checks.Precheck, "of", classmethod(lambda cls, trace: None))
+                off.setattr(checks, "step_report", lambda ops: checks.ok_report())
+            fit()
+        return fit
 
-    interleave("softmax MLP", None, "batch 32, sparse labels",
-               {"with data checks": make(True), "without": make(False)},
-               {"fastcustom": "without"}, ours="with data checks",
-               work=645, unit="steps", rounds=9, iterations=1, targets={"fastcustom": 0.97})
+    cost(benchmark, "data checks (sparse labels)", fit_of(True), "checks off", fit_of(False))

@@ -240,6 +240,27 @@ def test_cold_short_fits_say_not_in_this_run_until_a_row_has_them(run, text, tmp
     assert "| model.fit | Keras | 3.30 | 3.00–3.60 | 3 |" in cold
 
 
+def test_peak_memory_and_costs_read_as_what_they_measure(tmp_path):
+    pytest.importorskip("pytest_benchmark", reason="spread() uses pytest-benchmark's Stats")
+    peaks = {"accelerated model.fit": [2170.0, 2171.0, 2172.0],
+             "model.fit": [2200.0, 2202.0, 2204.0]}
+    memory = fresh_process_info("peak memory", "512 MB of arrays", peaks,
+                                roles={"accelerated model.fit": "fastcustom", "model.fit": "keras"},
+                                targets={"accelerated model.fit": {"keras": 1 / 1.05}}, unit="MB")
+    cost = {"with": "a TensorBoard window", "without": "no callback", "target": 0.97,
+            "ratio": cases.spread([0.96, 0.99, 1.0, 1.01, 0.98])}
+    data = json.loads(RUN.read_text())
+    data["benchmarks"] += [{"name": "memory", "fullname": "memory", "extra_info": memory,
+                            "stats": {"median": 1.0, "rounds": 1}},
+                           {"name": "cost", "fullname": "cost", "extra_info": {"cost": cost},
+                            "stats": {"median": 1.0, "rounds": 9}}]
+    text = table.markdown(results.load(_written(data, tmp_path)))
+    memory_table = section(text, "### peak memory")
+    assert "| way | role | MB | min–max | processes | targets |" in memory_table
+    assert "| model.fit | Keras | 2202 | 2200–2204 | 3 |" in memory_table
+    assert "| a TensorBoard window | no callback | 0.99× (0.97–1.00) | 5 | ≥ 0.97×: met |" in text
+
+
 def _written(data, folder):
     path = folder / "edited.json"
     path.write_text(json.dumps(data))

@@ -423,6 +423,19 @@ def _training_extras(results):
             lines += [_row([name, _number(value), f"{1e6 / value:.1f}",
                             f"{1e6 / value - base:+.1f}"]) for name, value in anatomy.items()]
             lines.append("")
+    costs = [other.info["cost"] for other in results.others if other.info.get("cost")]
+    if costs:
+        lines += ["What a feature costs in steady state: the fit's speed with it over its speed "
+                  "without, interleaved rounds (IQR in brackets):", ""]
+        lines += _table_head(["with", "against", "speed", "rounds", "target"])
+        for cost in costs:
+            ratio = cost["ratio"]
+            met = "met" if ratio["median"] >= cost["target"] else "missed"
+            lines.append(_row([cost["with"], cost["without"],
+                               f"{format_ratio(ratio['median'])} ({_number(ratio['q1'])}–"
+                               f"{_number(ratio['q3'])})", str(ratio["rounds"]),
+                               f"≥ {format_ratio(cost['target'])}: {met}"]))
+        lines.append("")
     return lines
 
 

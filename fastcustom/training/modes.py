@@ -17,8 +17,8 @@ the steps still to run could repay the compile:
   unknown length, evaluations, many short fits) exceeds the estimated compile, so that
   the most it can lose is about what it already spent (the rent-or-buy rule).
 
-Once it has run XLA steps it compares: XLA stays only when its steps are faster, else
-the loop goes back to the graph for good. The decisions are kept per model and kind
+Once it has run a few XLA calls it compares the fastest step of each: XLA stays only
+when its steps are faster, else the loop goes back to the graph for good. The decisions are kept per model and kind
 (train, test, predict), across fits.
 """
 
@@ -27,6 +27,7 @@ import time
 COMPILE_PER_TRACE = 2.5   # XLA trace + compile, as a multiple of the graph's first call
 REPAY = 1.25              # the remaining graph time must exceed this many compiles
 KEEP_XLA_BELOW = 0.9      # XLA stays when its step takes less than this share of a graph step
+JUDGE_AFTER = 3           # XLA calls (after its compile) measured before it is judged
 
 
 class Mode:
@@ -38,6 +39,7 @@ class Mode:
         self.graph_first_call = None    # seconds: the graph's trace + first call
         self.graph_step = None          # seconds per step, from calls after the first
         self.xla_step = None
+        self.xla_calls = 0              # XLA calls measured (after the first)
         self.graph_time = 0.0           # spent in graph calls after the first
         self.remaining = None           # steps still to run in this fit, when known
         self._first = {False: True, True: True}   # the next call is a form's first
@@ -64,6 +66,7 @@ class Mode:
         per_step = seconds / steps
         if xla:
             self.xla_step = per_step if self.xla_step is None else min(self.xla_step, per_step)
+            self.xla_calls += 1
         else:
             self.graph_time += seconds
             self.graph_step = per_step if self.graph_step is None \
@@ -74,7 +77,7 @@ class Mode:
         if not self.adaptive:
             return
         if self.xla:
-            if self.xla_step is not None and self.graph_step is not None \
+            if self.xla_calls >= JUDGE_AFTER and self.graph_step is not None \
                     and self.xla_step > KEEP_XLA_BELOW * self.graph_step:
                 self.xla = self.adaptive = False      # XLA is not faster here: graph for good
             return
