@@ -17,8 +17,9 @@ the steps still to run could repay the compile:
   unknown length, evaluations, many short fits) exceeds the estimated compile, so that
   the most it can lose is about what it already spent (the rent-or-buy rule).
 
-Once it has run a few XLA calls it compares the fastest step of each: XLA stays only
-when its steps are faster, else the loop goes back to the graph for good. The decisions are kept per model and kind
+Once it has run a few XLA calls it compares the fastest step of each: where XLA's steps
+are clearly slower (by more than `GIVE_WAY_ABOVE`: a margin for the noise a busy input
+pipeline adds to both), the loop goes back to the graph for good. The decisions are kept per model and kind
 (train, test, predict), across fits.
 """
 
@@ -26,7 +27,7 @@ import time
 
 COMPILE_PER_TRACE = 2.5   # XLA trace + compile, as a multiple of the graph's first call
 REPAY = 1.25              # the remaining graph time must exceed this many compiles
-KEEP_XLA_BELOW = 0.9      # XLA stays when its step takes less than this share of a graph step
+GIVE_WAY_ABOVE = 1.1      # XLA gives way when its step takes more than this many graph steps
 JUDGE_AFTER = 3           # XLA calls (after its compile) measured before it is judged
 
 
@@ -78,7 +79,7 @@ class Mode:
             return
         if self.xla:
             if self.xla_calls >= JUDGE_AFTER and self.graph_step is not None \
-                    and self.xla_step > KEEP_XLA_BELOW * self.graph_step:
+                    and self.xla_step > GIVE_WAY_ABOVE * self.graph_step:
                 self.xla = self.adaptive = False      # XLA is not faster here: graph for good
             return
         if self.graph_step is None or self.graph_first_call is None:
