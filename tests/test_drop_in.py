@@ -105,6 +105,31 @@ def test_a_failing_step_leaves_keras_state_and_later_calls_unchanged(jit_compile
     assert np.isfinite(history.history["loss"][0])
 
 
+def test_checks_that_read_no_data_are_decided_once_those_that_do_per_row():
+    """A check whose indices are constants (a reduction's axes, here a gather's) is
+    decided when the step is traced: it costs nothing per call; one that reads the
+    batch flags exactly the rows that fail."""
+    from fastcustom.training import checks
+
+    def step(batch):
+        x, labels = batch
+        constant = tf.gather(x, [0, 3], axis=1)
+        return tf.reduce_sum(constant) + tf.reduce_sum(tf.gather(x[0], labels))
+
+    spec = (tf.TensorSpec([None, 4]), tf.TensorSpec([None], tf.int32))
+    traced = tf.function(checks.with_checks(step)).get_concrete_function(spec)
+    precheck = checks.Precheck.of(traced)
+    assert [kind for _, kind in precheck.checks] == [checks.GATHER]
+    flags = precheck.row_flags_of((tf.zeros([3, 4]), tf.constant([0, 4, 3])))
+    assert flags.numpy().tolist() == [False, True, False]
+
+    only_constants = tf.function(checks.with_checks(lambda batch: tf.gather(batch[0], [1], axis=1)))
+    assert checks.Precheck.of(only_constants.get_concrete_function(spec)) is None
+    always_fails = tf.function(checks.with_checks(lambda batch: tf.gather(batch[0], [9], axis=1)))
+    failing = checks.Precheck.of(always_fails.get_concrete_function(spec))
+    assert failing.row_flags_of((tf.zeros([2, 4]), tf.constant([0, 0]))).numpy().all()
+
+
 def test_a_string_target_gives_keras_error_and_changes_nothing():
     x, y = data()
     text = np.array(["a" * 384] * len(x))

@@ -45,6 +45,12 @@ def _bounds(op):
         params, indices = op.inputs[0], op.inputs[1]
         shape = _shape(params, variable=op.type.startswith("Resource"))
         if kind == GATHER:
+            static_axis = tf.get_static_value(op.inputs[2]) if op.type == "GatherV2" else 0
+            if static_axis is not None and not op.type.startswith("Resource") \
+                    and params.shape.rank is not None \
+                    and params.shape[int(static_axis)] is not None:
+                # the bound known while tracing: a check of constant indices reads no data
+                return kind, indices, tf.constant(params.shape[int(static_axis)], tf.int64)
             axis = tf.cast(op.inputs[2], tf.int64) if op.type == "GatherV2" else 0
             axis = tf.where(axis < 0, axis + tf.size(shape, out_type=tf.int64), axis)
             return kind, indices, tf.gather(shape, axis)
@@ -168,43 +174,36 @@ class Precheck:
 
     @classmethod
     def of(cls, concrete):
-        """The precheck of a traced `with_checks` step, or None."""
+        """The precheck of a traced `with_checks` step, or None. A check whose indices
+        and bound read nothing but constants (a reduction's axes) is decided here, once:
+        one that passes is left out, so that a step with only such checks has no precheck."""
         graph = concrete.graph
-        checks = sorted({op.name.rsplit("_", 1)[0] for op in graph.get_operations()
-                         if op.name.startswith(_CHECK + "_")})
-        if not checks:
-            return None
+        names = sorted({op.name.rsplit("_", 1)[0] for op in graph.get_operations()
+                        if op.name.startswith(_CHECK + "_")})
         batch_inputs = len(tf.nest.flatten(concrete.structured_input_signature,
                                            expand_composites=True))
         position = {t.op.name: i for i, t in enumerate(graph.inputs[:batch_inputs])}
         nodes = {node.name: node for node in graph.as_graph_def().node}
-        kept, inputs = {}, {}
-        stack = [graph.get_operation_by_name(f"{name}_{part}") for name in checks
-                 for part in ("indices", "bound")]
-        while stack:
-            op = stack.pop()
-            if op.name in kept:
-                continue
-            static = _static_value(op)
-            if static is not None:      # a shape known while tracing: a constant here
-                kept[op.name] = tf.compat.v1.NodeDef(
-                    name=op.name, op="Const",
-                    attr={"dtype": tf.compat.v1.AttrValue(type=op.outputs[0].dtype.as_datatype_enum),
-                          "value": tf.compat.v1.AttrValue(tensor=tf.make_tensor_proto(static))})
-                continue
-            if op.op_def.is_stateful or any(t.dtype == tf.resource for t in op.outputs):
+        copies = {}
+        for name in names:
+            copies[name] = _copy(graph, name, position, nodes)
+            if copies[name] is None:
                 return None
-            if op.type == "Placeholder":   # the batch: mapped where imported, not copied
-                if op.name not in position:
-                    return None
-                inputs[op.outputs[0].name] = position[op.name]
-                continue
-            kept[op.name] = nodes[op.name]
-            stack.extend(t.op for t in op.inputs)    # data inputs only
+        constant = [name for name in names if not copies[name][1]]
+        if constant and cls._of(graph, copies, constant).passes_whatever_the_batch():
+            names = [name for name in names if name not in constant]
+        return cls._of(graph, copies, names) if names else None
+
+    @classmethod
+    def _of(cls, graph, copies, names):
+        """The precheck of the checks `names`, from their `copies` ({name: (nodes, inputs)})."""
+        kept, inputs = {}, {}
+        for name in names:
+            kept.update(copies[name][0])
+            inputs.update(copies[name][1])
         graph_def = tf.compat.v1.GraphDef(node=list(kept.values()))
         graph_def.versions.CopyFrom(graph.graph_def_versions)
-        kinds = [int(name.rsplit("_", 1)[1]) for name in checks]
-        return cls(graph_def, inputs, list(zip(checks, kinds)))
+        return cls(graph_def, inputs, [(name, int(name.rsplit("_", 1)[1])) for name in names])
 
     def _checks(self, batch):
         """[(kind, indices, bound)] of `batch`, computed where it is."""
@@ -224,6 +223,13 @@ class Precheck:
             report = tf.where(bad, this, report)
         return report
 
+    def passes_whatever_the_batch(self):
+        """Whether checks that read no batch pass (run once, in a graph of their own)."""
+        with tf.Graph().as_default() as graph:
+            report = self.report(())
+            with tf.compat.v1.Session(graph=graph) as session:
+                return int(session.run(report)[0]) == NONE
+
     def row_flags(self, batch):
         """Per row of `batch` (of any number of rows), whether a check fails there."""
         rows = tf.shape(tf.nest.flatten(batch, expand_composites=True)[0])[0]
@@ -231,6 +237,35 @@ class Precheck:
         for kind, indices, bound in self._checks(batch):
             flags |= _row_flags(kind, indices, bound, rows)
         return flags
+
+
+def _copy(graph, name, position, nodes):
+    """The nodes that compute the check `name`'s indices and bound ({node name: NodeDef},
+    a shape known while tracing made a constant) and the batch tensors they read ({graph
+    tensor name: position in the batch}); None when they read the model's state."""
+    kept, inputs = {}, {}
+    stack = [graph.get_operation_by_name(f"{name}_{part}") for part in ("indices", "bound")]
+    while stack:
+        op = stack.pop()
+        if op.name in kept:
+            continue
+        static = _static_value(op)
+        if static is not None:
+            kept[op.name] = tf.compat.v1.NodeDef(
+                name=op.name, op="Const",
+                attr={"dtype": tf.compat.v1.AttrValue(type=op.outputs[0].dtype.as_datatype_enum),
+                      "value": tf.compat.v1.AttrValue(tensor=tf.make_tensor_proto(static))})
+            continue
+        if op.op_def.is_stateful or any(t.dtype == tf.resource for t in op.outputs):
+            return None
+        if op.type == "Placeholder":   # the batch: mapped where imported, not copied
+            if op.name not in position:
+                return None
+            inputs[op.outputs[0].name] = position[op.name]
+            continue
+        kept[op.name] = nodes[op.name]
+        stack.extend(t.op for t in op.inputs)    # data inputs only
+    return kept, inputs
 
 
 def _static_value(op):

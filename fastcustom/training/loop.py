@@ -395,8 +395,7 @@ class _Prechecks:
         self._order = (None, None)        # (order tensor, as NumPy)
 
     def _precheck(self, window):
-        spec = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype),
-                                     _first_batch_spec(window))
+        spec = _batch_spec(window)
         key = _signature(spec)
         if key not in self._of_spec:
             concrete = self.loops._step("train").get_concrete_function(spec)
@@ -456,11 +455,14 @@ class _Prechecks:
         return as_numpy
 
 
-def _first_batch_spec(window):
-    """The tensors of a batch of `window` (for its signature)."""
+def _batch_spec(window):
+    """The `tf.TensorSpec`s of a batch of `window`, any number of rows (from the
+    shapes alone: nothing is sliced)."""
     if isinstance(window, Indexed):
-        return window.data
-    return tf.nest.map_structure(lambda t: t[0], window.batches)
+        return tf.nest.map_structure(
+            lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), window.data)
+    return tf.nest.map_structure(
+        lambda t: tf.TensorSpec([None, *t.shape[2:]], t.dtype), window.batches)
 
 
 def _keras_would_allow_xla(model):

@@ -201,47 +201,50 @@ def _rows(*element):
     return tf.shape(first_tensor(element))[0]
 
 
-def windowed(dataset, per_call, steps_per_epoch):
-    """`dataset`'s batches stacked `per_call` at a time, each window (padded to its first
-    batch's rows) with its batches' row counts, reading no batch past what `fit` takes.
+def _with_rows(*element):
+    """A batch and its row count."""
+    return (element[0] if len(element) == 1 else element), _rows(*element)
 
-    tf.data's `group_by_window` reads exactly a window's batches (each element once,
-    in order, no parallel read ahead) and emits the window when it is full or the data
-    end; the stacking and the row counts are made from the batches it holds. Without
-    `steps_per_epoch` windows hold `per_call` batches (a known cardinality is taken
-    exactly: nothing is read past it). With it, the iterator runs on across epochs (as
-    Keras's does) and a window also ends at each epoch's `steps_per_epoch`-th batch, so
-    it never reads the next epoch's batches. No prefetch is injected after the windows:
-    the only reads ahead are those the user's pipeline makes.
+
+def windowed(dataset, per_call, steps_per_epoch, read_ahead=False):
+    """`dataset`'s batches stacked `per_call` at a time, each window (padded to its
+    largest batch's rows) with its batches' row counts, reading no batch past what `fit`
+    takes.
+
+    Without `steps_per_epoch` a window holds `per_call` batches or the last ones of the
+    data (a known cardinality is taken exactly: nothing is read past it): the row counts
+    come from a map that runs `synchronous` (tf.data's map parallelization would read
+    ahead of the window), then `padded_batch`; with `read_ahead` the next window is read
+    while the current one trains (`prefetch(1)`: only for a user's own `tf.data`
+    pipeline, where a read has no effect outside it). With `steps_per_epoch`, the
+    iterator runs on across epochs (as Keras's does) and a window also ends at each
+    epoch's `steps_per_epoch`-th batch, so it never reads the next epoch's batches:
+    tf.data's `group_by_window` reads exactly a window's batches and emits the window
+    when it is full. tf.data injects no prefetch of its own.
     """
+    options = tf.data.Options()
+    options.experimental_optimization.inject_prefetch = False
     if steps_per_epoch is None:
         cardinality = int(dataset.cardinality())
         if cardinality >= 0:
             dataset = dataset.take(cardinality)
+        windows = dataset.map(_with_rows, synchronous=True).padded_batch(per_call)
+        return (windows.prefetch(1) if read_ahead else windows).with_options(options)
+    per_epoch = math.ceil(steps_per_epoch / per_call)
 
-        def window_of(index, *_):
-            return index // per_call
+    def window_of(index, *_):
+        epoch, step = index // steps_per_epoch, index % steps_per_epoch
+        return epoch * per_epoch + step // per_call
 
-        def window_size(_):
-            return tf.constant(per_call, tf.int64)
-    else:
-        per_epoch = math.ceil(steps_per_epoch / per_call)
-
-        def window_of(index, *_):
-            epoch, step = index // steps_per_epoch, index % steps_per_epoch
-            return epoch * per_epoch + step // per_call
-
-        def window_size(key):
-            return tf.minimum(tf.cast(per_call, tf.int64),
-                              steps_per_epoch - (key % per_epoch) * per_call)
+    def window_size(key):
+        return tf.minimum(tf.cast(per_call, tf.int64),
+                          steps_per_epoch - (key % per_epoch) * per_call)
 
     def stacked(_, window):
         batches = window.map(lambda index, element: element)
         return tf.data.Dataset.zip((batches.padded_batch(per_call),
                                     batches.map(_rows).batch(per_call)))
 
-    options = tf.data.Options()
-    options.experimental_optimization.inject_prefetch = False
     return dataset.enumerate().group_by_window(
         key_func=window_of, reduce_func=stacked,
         window_size_func=window_size).with_options(options)
@@ -277,6 +280,7 @@ class StreamSource:
     def __init__(self, x, y=None, sample_weight=None, batch_size=None, steps_per_epoch=None,
                  shuffle=False, class_weight=None, per_call=32):
         self.per_call = per_call
+        self.read_ahead = isinstance(x, tf.data.Dataset)
         self.why_not = None
         self.ran_out = False
         self.epochs = keras_internals.WindowedEpochIterator(
@@ -288,7 +292,7 @@ class StreamSource:
         if not _has_static_rows(spec):
             self.why_not = f"its batches' shapes past the batch axis are not fixed ({spec})"
             return dataset
-        return windowed(dataset, self.per_call, steps_per_epoch)
+        return windowed(dataset, self.per_call, steps_per_epoch, self.read_ahead)
 
     @property
     def steps(self):
