@@ -228,8 +228,12 @@ def windowed(dataset, per_call, steps_per_epoch, read_ahead=False):
         cardinality = int(dataset.cardinality())
         if cardinality >= 0:
             dataset = dataset.take(cardinality)
-        windows = dataset.map(_with_rows, synchronous=True).padded_batch(per_call)
-        return (windows.prefetch(1) if read_ahead else windows).with_options(options)
+        if read_ahead:
+            windows = dataset.map(_with_rows, num_parallel_calls=tf.data.AUTOTUNE,
+                                  deterministic=True).padded_batch(per_call).prefetch(1)
+        else:
+            windows = dataset.map(_with_rows, synchronous=True).padded_batch(per_call)
+        return windows.with_options(options)
     per_epoch = math.ceil(steps_per_epoch / per_call)
 
     def window_of(index, *_):
