@@ -261,6 +261,25 @@ def test_peak_memory_and_costs_read_as_what_they_measure(tmp_path):
     assert "| a TensorBoard window | no callback | 0.99× (0.97–1.00) | 5 | ≥ 0.97×: met |" in text
 
 
+def test_a_stream_timed_against_its_pipeline_shows_its_share_and_target(tmp_path):
+    pytest.importorskip("pytest_benchmark", reason="spread() uses pytest-benchmark's Stats")
+    ours, plain = "accelerated model.fit", "model.fit"
+    stream = cases.interleaved_info(
+        "notes' model on tf.data (batched)", None, "batch 32", "cpu", work=645, unit="steps",
+        peers={"keras": plain}, fastcustom=ours,
+        seconds={ours: cases.spread([0.10, 0.11, 0.12]), plain: cases.spread([0.4, 0.5, 0.6])},
+        speedups={"keras": cases.spread([4.0, 4.5, 5.0])},
+        roof_share=cases.spread([0.5, 0.55, 0.6]), roof="the pipeline drained",
+        targets={"roof": 0.8})
+    data = json.loads(RUN.read_text())
+    data["benchmarks"].append({"name": "stream", "fullname": "stream", "extra_info": stream,
+                               "stats": {"median": 1.0, "rounds": 3}})
+    text = table.markdown(results.load(_written(data, tmp_path)))
+    cells = answer_row(text, "training: notes' model on tf.data (batched): accelerated")
+    assert cells[-2] == table.format_share(stream["roof_share"]) == "55% (51%–59%)"
+    assert cells[-1] == "≥ 80% of the roof: 55%, **missed**"
+
+
 def _written(data, folder):
     path = folder / "edited.json"
     path.write_text(json.dumps(data))

@@ -267,10 +267,15 @@ def _training_answer(results, task):
         return _row([title, *(["–"] * len(PEERS)), "–", why])
     implementation, steps_per_second, speedups = headline
     ours = results.training_reference(task, FASTCUSTOM)
+    interleaved = results.interleaved_row(task)
     title += f": {implementation}, {format_rate(steps_per_second, 'steps')}"
-    targets = "; ".join(training_targets(results, ours)) if ours else ""
+    if ours:
+        targets = "; ".join(training_targets(results, ours))
+    else:   # a task timed only interleaved (a stream against its own pipeline)
+        targets = "; ".join(kernel_targets(interleaved)) if interleaved else ""
     targets = targets or ("–" if speedups else "no peer rows in this run")
-    return _row([title, *(format_speedup(speedups.get(role)) for role in PEERS), "–", targets])
+    share = format_share(interleaved.roof_share) if interleaved else "–"
+    return _row([title, *(format_speedup(speedups.get(role)) for role in PEERS), share, targets])
 
 
 def fresh_speedup(row, way, reference):
