@@ -1,8 +1,8 @@
 """Graph or XLA: which compiled form a loop's next call takes, decided from what it costs.
 
 XLA runs a small model's steps several times faster than a plain TensorFlow graph, but
-compiling them takes seconds (XLA's first call takes a few times as long as the graph's
-first call, trace included: bench/RESULTS.md, "Graph or XLA"), and for
+compiling them costs time (XLA's first fit of the notes' model took about twice the
+graph's, trace included: bench/RESULTS.md, "Graph or XLA"), and for
 some models it is slower per step (XLA:CPU's stateless random numbers make Dropout
 steps slower). A short fit would lose more to the compile than XLA can win back,
 and a long fit of such a model would lose on every step. So a loop of
