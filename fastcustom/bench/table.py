@@ -110,7 +110,7 @@ def _target_text(reference, least, achieved):
         wanted = f"≥ {least:.0%} {name}"
         got = "–" if achieved is None else f"{achieved:.0%}"
     else:
-        wanted = f"≥ {least:g}× {name}"
+        wanted = f"≥ {least:.3g}× {name}"
         got = "–" if achieved is None else format_ratio(achieved)
     verdict = "not measured" if achieved is None else ("met" if achieved >= least else "**missed**")
     return f"{wanted}: {got}, {verdict}"
