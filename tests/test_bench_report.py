@@ -306,6 +306,17 @@ def test_the_header_says_what_a_reader_must_know_before_the_numbers(tmp_path):
     assert "run `pytest bench/`" in head
 
 
+def test_the_header_names_the_op_librarys_cpu_build(tmp_path):
+    data = json.loads(RUN.read_text())
+    path = data["machine_info"]["fastcustom"]["huber_path"]
+    path["status"] = {"path": "fused-op", "library": "/x/_huber_ops.so"}
+    path["build_record"] = {"tensorflow": "2.21.0", "cpu_target": "x86-64-v3",
+                            "cpu_kernels": ["avx2", "avx512"]}
+    head = table.markdown(results.load(_written(data, tmp_path))).split("\n## ")[0]
+    assert ("Huber path: **fused op** (`/x/_huber_ops.so`, built for TensorFlow 2.21.0; "
+            "compiled for x86-64-v3, with avx2/avx512 kernels).") in head
+
+
 def test_a_peer_that_did_not_run_says_why(tmp_path):
     data = json.loads(RUN.read_text())
     row = next(b["extra_info"] for b in data["benchmarks"]

@@ -139,9 +139,14 @@ def _huber_path_line(info):
     if status.get("path") == "fused-op":
         built = (f"built for TensorFlow {record.get('tensorflow', '?')}" if record
                  else "no build record")
-        flags = record.get("flags")
-        flags = (f"flags `{' '.join(flags) if isinstance(flags, list) else flags}`" if flags
-                 else "compiler flags not recorded by the build")
+        flags, target = record.get("flags"), record.get("cpu_target")
+        if flags:
+            flags = f"flags `{' '.join(flags) if isinstance(flags, list) else flags}`"
+        elif target:    # the build record names the CPU baseline and the kernels built
+            kernels = "/".join(record.get("cpu_kernels") or []) or "?"
+            flags = f"compiled for {target}, with {kernels} kernels"
+        else:
+            flags = "compiler flags not recorded by the build"
         where = f"`{status.get('library')}`"
         return f"Huber path: **fused op** ({where}, {built}; {flags})."
     return (f"Huber path: **XLA** (the fused op did not load: {status.get('reason', '?')}). "
