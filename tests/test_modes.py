@@ -46,6 +46,17 @@ def test_xla_that_is_not_faster_gives_way_for_good():
     assert not mode.xla
 
 
+def test_a_call_that_traces_a_new_shape_is_not_rent():
+    mode = modes.Mode("auto", xla_allowed=True)
+    mode.plan(None)
+    mode.record(0.5, 32)                     # compile estimate: 1.25 s
+    for _ in range(4):
+        mode.record(0.4, 4, traced=True)     # a tail of each size traced: 1.6 s, no steps' time
+    mode.record(0.01, 32)
+    assert not mode.xla and mode.graph_time == pytest.approx(0.01)
+    assert mode.graph_step == pytest.approx(0.01 / 32)
+
+
 def test_unknown_length_rents_until_it_has_spent_a_compile():
     mode = modes.Mode("auto", xla_allowed=True)
     mode.plan(None)

@@ -341,9 +341,9 @@ class CompiledLoops:
         read only the data)."""
         mode = self._modes[kind]
         self._xla = mode.xla
-        clock = mode.timed()
+        clock, traces = mode.timed(), len(self._traces)
         result = self._run_call(kind, call)
-        clock.stop(call.steps)
+        clock.stop(call.steps, traced=len(self._traces) > traces)
         if kind == "train":
             self._ran.append(self.compiled_with_now)
         return result

@@ -53,17 +53,19 @@ class Mode:
         """A clock for one call: `stop(steps)` records it."""
         return _Clock(self)
 
-    def record(self, seconds, steps):
+    def record(self, seconds, steps, traced=False):
+        """A call of `steps` steps took `seconds`; `traced`: it traced (and under XLA
+        compiled) a new shape, a cost that is not a step's and that XLA pays too."""
         xla, first = self.xla, self._first[self.xla]
         self._first[xla] = False
         if self.remaining is not None:
             self.remaining = max(self.remaining - steps, 0)
         if not steps:
             return
-        if first:
-            if not xla:
+        if first or traced:
+            if first and not xla:
                 self.graph_first_call = seconds
-            return          # the trace (and compile) is in it
+            return          # a trace (and compile) is in it
         per_step = seconds / steps
         if xla:
             self.xla_step = per_step if self.xla_step is None else min(self.xla_step, per_step)
@@ -99,5 +101,5 @@ class _Clock:
     def __init__(self, mode):
         self.mode, self.start = mode, time.perf_counter()
 
-    def stop(self, steps):
-        self.mode.record(time.perf_counter() - self.start, steps)
+    def stop(self, steps, traced=False):
+        self.mode.record(time.perf_counter() - self.start, steps, traced)
