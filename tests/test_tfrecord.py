@@ -18,5 +18,7 @@ def test_training_from_tfrecord_files_keeps_memory_flat(tmp_path, run_python):
     # here) stays below the 286 MB of data, which a cached data set would add on top
     grown = last - report["rss_before_fit_mb"]
     assert grown < report["bytes_on_disk"] / 2**20, report
-    assert report["compiled_with"] in ("graph", "xla", "graph, then xla")
+    # trained by fastcustom's loop (not handed back to Keras), in whichever forms its mode
+    # chose: on a pipeline that shares the cores, XLA may also give way to the graph
+    assert set(report["compiled_with"].split(", then ")) <= {"graph", "xla"}, report
     assert report["loss"][-1] < report["loss"][0]
