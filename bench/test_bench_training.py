@@ -272,6 +272,22 @@ def test_keras_model_fit(benchmark, steps_per_execution, rounds, jit_compile, co
            role="keras" if as_the_notes_run_it else None)
 
 
+def jax_scan_epoch(jax, optax, loss_fn, optimizer):
+    """One epoch as JAX users write it: `jit(lax.scan)` of value_and_grad + the optax
+    update over [steps, batch, ...] arrays; (params, state, x_batches, y_batches) ->
+    (params, state, mean loss)."""
+    @jax.jit
+    def epoch(params, state, x_batches, y_batches):
+        def step(carry, batch):
+            params, state = carry
+            loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
+            updates, state = optimizer.update(grads, state, params)
+            return (optax.apply_updates(params, updates), state), loss
+        (params, state), losses = jax.lax.scan(step, (params, state), (x_batches, y_batches))
+        return params, state, losses.mean()
+    return epoch
+
+
 def jax_epoch_trainer(jax, optax, activation="selu"):
     """The notes' model in JAX as its users write it: one epoch = `jit(lax.scan)` over batches.
 
@@ -296,17 +312,7 @@ def jax_epoch_trainer(jax, optax, activation="selu"):
         q = jnp.minimum(error, 1.0)
         return jnp.mean(q * (error - 0.5 * q))
 
-    @jax.jit
-    def epoch(params, state, x_batches, y_batches):
-        def step(carry, batch):
-            params, state = carry
-            loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
-            updates, state = optimizer.update(grads, state, params)
-            return (optax.apply_updates(params, updates), state), loss
-        (params, state), losses = jax.lax.scan(step, (params, state), (x_batches, y_batches))
-        return params, state, losses.mean()
-
-    return params, optimizer.init(params), epoch
+    return params, optimizer.init(params), jax_scan_epoch(jax, optax, loss_fn, optimizer)
 
 
 def test_jax_lax_scan_optax(benchmark):
@@ -682,16 +688,7 @@ def _jax_wide_round(x, labels):
             h = jax.nn.relu(h) if i < len(params) - 1 else h
         return optax.softmax_cross_entropy_with_integer_labels(h, yb).mean()
 
-    @jax.jit
-    def epoch(params, state, xs, ys):
-        def step(carry, batch):
-            params, state = carry
-            loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
-            updates, state = optimizer.update(grads, state, params)
-            return (optax.apply_updates(params, updates), state), loss
-        (params, state), losses = jax.lax.scan(step, (params, state), (xs, ys))
-        return params, state, losses.mean()
-
+    epoch = jax_scan_epoch(jax, optax, loss_fn, optimizer)
     steps = WIDE_SAMPLES // WIDE_BATCH
     rng, carry = np.random.default_rng(0), {"params": params, "state": optimizer.init(params)}
 

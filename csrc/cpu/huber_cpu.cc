@@ -86,22 +86,7 @@ T HuberMeanWithGrad(const ParallelFor& parallel_for, const T* y_true, const T* y
                                                      threshold, grad_pred);
 }
 
-#define FASTCUSTOM_CPU_INSTANTIATE(T)                                                            \
-  template void HuberPerSample<T>(const ParallelFor&, const T*, const T*, int64_t, int64_t,      \
-                                  double, T*);                                                   \
-  template void HuberPerSampleGrad<T>(const ParallelFor&, const T*, const T*, const T*, int64_t, \
-                                      int64_t, double, T*);                                      \
-  template void HuberWeightedTotal<T>(const ParallelFor&, const T*, const T*, const T*,          \
-                                      WeightMode, int64_t, int64_t, double, double*, double*);
-FASTCUSTOM_CPU_INSTANTIATE(Half)
-FASTCUSTOM_CPU_INSTANTIATE(BFloat16)
-FASTCUSTOM_CPU_INSTANTIATE(float)
-FASTCUSTOM_CPU_INSTANTIATE(double)
-#undef FASTCUSTOM_CPU_INSTANTIATE
-template float HuberMeanWithGrad<float>(const ParallelFor&, const float*, const float*, int64_t,
-                                        int64_t, double, float*);
-template double HuberMeanWithGrad<double>(const ParallelFor&, const double*, const double*,
-                                          int64_t, int64_t, double, double*);
+FASTCUSTOM_CPU_INSTANTIATE_KERNELS()
 
 }  // namespace cpu
 }  // namespace fastcustom

@@ -754,22 +754,7 @@ T HuberMeanWithGrad(const ParallelFor& parallel_for, const T* t, const T* p, int
   return static_cast<T>(SumInOrder(partials).first / static_cast<double>(size));
 }
 
-#define FASTCUSTOM_CPU_INSTANTIATE(T)                                                            \
-  template void HuberPerSample<T>(const ParallelFor&, const T*, const T*, int64_t, int64_t,      \
-                                  double, T*);                                                   \
-  template void HuberPerSampleGrad<T>(const ParallelFor&, const T*, const T*, const T*, int64_t, \
-                                      int64_t, double, T*);                                      \
-  template void HuberWeightedTotal<T>(const ParallelFor&, const T*, const T*, const T*,          \
-                                      WeightMode, int64_t, int64_t, double, double*, double*);
-FASTCUSTOM_CPU_INSTANTIATE(Half)
-FASTCUSTOM_CPU_INSTANTIATE(BFloat16)
-FASTCUSTOM_CPU_INSTANTIATE(float)
-FASTCUSTOM_CPU_INSTANTIATE(double)
-#undef FASTCUSTOM_CPU_INSTANTIATE
-template float HuberMeanWithGrad<float>(const ParallelFor&, const float*, const float*, int64_t,
-                                        int64_t, double, float*);
-template double HuberMeanWithGrad<double>(const ParallelFor&, const double*, const double*,
-                                          int64_t, int64_t, double, double*);
+FASTCUSTOM_CPU_INSTANTIATE_KERNELS()
 
 }  // namespace FASTCUSTOM_CPU_VARIANT
 }  // namespace cpu

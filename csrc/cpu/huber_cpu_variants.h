@@ -39,6 +39,26 @@
   }                                                                                              \
   }
 
+// The explicit instantiations of huber_cpu.h's kernels, in the namespace where the
+// macro stands: the dispatching entry points (huber_cpu.cc) and each variant's kernels
+// (huber_cpu_kernels.cc) are instantiated for the same types.
+#define FASTCUSTOM_CPU_INSTANTIATE_KERNELS()                                                    \
+  FASTCUSTOM_CPU_INSTANTIATE_FOR(Half)                                                          \
+  FASTCUSTOM_CPU_INSTANTIATE_FOR(BFloat16)                                                      \
+  FASTCUSTOM_CPU_INSTANTIATE_FOR(float)                                                         \
+  FASTCUSTOM_CPU_INSTANTIATE_FOR(double)                                                        \
+  template float HuberMeanWithGrad<float>(const ParallelFor&, const float*, const float*,       \
+                                          int64_t, int64_t, double, float*);                    \
+  template double HuberMeanWithGrad<double>(const ParallelFor&, const double*, const double*,   \
+                                            int64_t, int64_t, double, double*);
+#define FASTCUSTOM_CPU_INSTANTIATE_FOR(T)                                                       \
+  template void HuberPerSample<T>(const ParallelFor&, const T*, const T*, int64_t, int64_t,     \
+                                  double, T*);                                                  \
+  template void HuberPerSampleGrad<T>(const ParallelFor&, const T*, const T*, const T*,         \
+                                      int64_t, int64_t, double, T*);                            \
+  template void HuberWeightedTotal<T>(const ParallelFor&, const T*, const T*, const T*,         \
+                                      WeightMode, int64_t, int64_t, double, double*, double*);
+
 // The AVX-512 variant's instruction sets (x86-64-v4), added to -march=x86-64-v3
 // by `#pragma GCC target` after the standard headers, so that the standard
 // library's inline functions keep the baseline's code (one copy, safe on every

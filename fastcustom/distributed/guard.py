@@ -60,18 +60,28 @@ def _in_command_before_exec(guard_pid):
         os._exit(137)
 
 
+def process_stats():
+    """(pid, state, parent pid, session) of every process /proc lists, from its
+    /proc/PID/stat; nothing where there is no /proc. A process that ends while it is read
+    is left out."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()   # after the command name
+                yield int(entry), fields[0], int(fields[1]), int(fields[3])
+            except (OSError, ValueError, IndexError):
+                continue
+
+
 def children():
     """The processes whose parent is this one (read from /proc; empty where there is none)."""
-    me, found = os.getpid(), []
-    with contextlib.suppress(OSError):
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    with open(f"/proc/{entry}/stat", "rb") as f:
-                        fields = f.read().rsplit(b")", 1)[1].split()
-                    if int(fields[1]) == me:
-                        found.append(int(entry))
-    return found
+    me = os.getpid()
+    return [pid for pid, _, parent, _ in process_stats() if parent == me]
 
 
 def signal_all(group, signum):

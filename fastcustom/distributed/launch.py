@@ -46,6 +46,7 @@ import threading
 import time
 
 from fastcustom.distributed import progress
+from fastcustom.distributed.guard import process_stats
 
 GUARD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guard.py")
 # Seconds a worker gets to exit after SIGTERM; then its guard kills whatever is left.
@@ -153,16 +154,8 @@ def only_loopback_interfaces():
 
 def stopped_processes(session):
     """The processes of session `session` (a worker's guard) stopped by a signal: [pid]."""
-    stopped = []
-    with contextlib.suppress(OSError):
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    with open(f"/proc/{entry}/stat", "rb") as f:
-                        fields = f.read().rsplit(b")", 1)[1].split()
-                    if int(fields[3]) == session and fields[0] in (b"T", b"t"):
-                        stopped.append(int(entry))
-    return stopped
+    return [pid for pid, state, _, in_session in process_stats()
+            if in_session == session and state in (b"T", b"t")]
 
 
 class Worker:
