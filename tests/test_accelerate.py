@@ -192,12 +192,29 @@ class Batches(keras.utils.PyDataset):
         return self.x[part], self.y[part]
 
 
-@pytest.mark.parametrize("source", ["dataset", "dataset-steps_per_epoch", "generator",
-                                    "pydataset"])
-def test_streams_train_as_model_fit_does(source):
+def uneven_batches(x, y, bounds):
+    """A data set whose batches are the rows between consecutive `bounds`."""
+    parts = [tf.data.Dataset.from_tensor_slices((x[a:b], y[a:b])).batch(b - a)
+             for a, b in zip(bounds, bounds[1:])]
+    stream = parts[0]
+    for part in parts[1:]:
+        stream = stream.concatenate(part)
+    return stream
+
+
+@pytest.mark.parametrize("source", ["dataset", "dataset-steps_per_epoch", "dataset-uneven",
+                                    "dataset-windows", "generator", "pydataset"])
+def test_streams_train_as_model_fit_does(source, monkeypatch):
     x, y = data(100)   # batches of 16: six full and one of 4
     kwargs = dict(epochs=2)
     if source == "dataset":
+        stream = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    elif source == "dataset-uneven":
+        # batches of 16, 8, 16, 16, 4, 12, 16, 12: runs of one size, a smaller last batch
+        stream = uneven_batches(x, y, [0, 16, 24, 40, 56, 60, 72, 88, 100])
+    elif source == "dataset-windows":
+        # windows of 2 batches (rows of 7 float32: 28 bytes), each read while one trains
+        monkeypatch.setattr(fastcustom.training.sources, "WINDOW_BYTES", 28 * 17)
         stream = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
     elif source == "dataset-steps_per_epoch":
         stream = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
@@ -247,13 +264,17 @@ def test_batch_hooks_run_once_per_call_with_its_last_step():
                                                 ("epoch", 0)]
 
 
-def test_stop_training_is_honoured_at_the_next_call():
+@pytest.mark.parametrize("source", ["arrays", "dataset"])
+def test_stop_training_is_honoured_at_the_next_call(source):
     x, y = data(100)
     _, ours = twins(regressor, optimizer="sgd", loss="mse")
     stopper = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: setattr(ours, "stop_training", batch >= 2))
     fastcustom.accelerate(ours, steps_per_call=3)
-    history = ours.fit(x, y, batch_size=16, epochs=5, verbose=0, callbacks=[stopper])
+    args = (x, y) if source == "arrays" else \
+        (tf.data.Dataset.from_tensor_slices((x, y)).batch(16),)
+    history = ours.fit(*args, batch_size=16 if source == "arrays" else None, epochs=5,
+                       verbose=0, callbacks=[stopper])
     assert len(history.history["loss"]) == 1 and int(ours.optimizer.iterations) == 3
 
 

@@ -166,19 +166,17 @@ def array_inputs(x, y=None, sample_weight=None, batch_size=None, class_weight=No
     return inputs, int(adapter._num_samples), int(adapter.batch_size)
 
 
-class WindowedEpochIterator(EpochIterator):
+class StreamEpochIterator(EpochIterator):
     """Keras's `EpochIterator` (its adapter, its `iter()` and `on_epoch_begin/end` points,
-    its step accounting, `steps_per_epoch` carried across epochs) over a windowed view of
-    the adapter's data set: `windows(dataset, steps_per_epoch)` stacks consecutive
-    batches, so each `iter()` Keras makes of its data set is one `iter()` of the windowed
-    one."""
+    its step accounting, `steps_per_epoch` carried across epochs) over the adapter's data
+    set, as `model.fit` iterates it on one device (`dataset`)."""
 
-    def __init__(self, windows, **kwargs):
+    def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.windows = windows(self.data_adapter.get_tf_dataset(), self.steps_per_epoch)
+        self.dataset = self.data_adapter.get_tf_dataset()
 
     def _get_iterator(self):
-        return self.windows
+        return self.dataset
 
     def epoch_steps(self):
         """This epoch's steps as Keras enumerates them: (step, iterator) per step, each

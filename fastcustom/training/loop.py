@@ -48,7 +48,7 @@ import tensorflow as tf
 from fastcustom.training import checks, keras_internals
 from fastcustom.training.modes import Mode
 from fastcustom.training.sources import Call
-from fastcustom.training.windows import Indexed, Stacked, as_keras_batch, first_tensor
+from fastcustom.training.windows import Stacked, as_keras_batch, first_tensor
 
 # Two steps per loop iteration when trainable parameters x batch size is at most this,
 # in a fit of at least this many steps.
@@ -384,14 +384,15 @@ class CompiledLoops:
 
 
 class _Prechecks:
-    """The training step's checks run on the data before the steps (`checks.Precheck`):
-    for arrays once per fit (the rows that fail), for a stream's window once per call;
-    `first_failing(call)` is the call's first step that would fail."""
+    """The training step's checks run on the data before the steps (`checks.Precheck`),
+    once per `Indexed` window (the rows that fail): arrays once per fit, a stream's
+    window once per call (`Stacked` windows run under several replicas, never under
+    XLA); `first_failing(call)` is the call's first step that would fail."""
 
     def __init__(self, loops):
         self.loops = loops
         self._of_spec = {}       # batch signature -> Precheck or None
-        self._bad_rows = (None, None)     # (data, rows whose checks fail) of the last arrays
+        self._bad_rows = (None, None)     # (data, rows whose checks fail) of the last window
         self._order = (None, None)        # (order tensor, as NumPy)
 
     def _precheck(self, window):
@@ -410,34 +411,19 @@ class _Prechecks:
         if precheck is None:
             return None
         steps = list(range(call.start, call.stop)) + (["tail"] if call.tail is not None else [])
-        if isinstance(window, Indexed):
-            flags = self._array_flags(precheck, window)
-            if not flags.any():
-                return None
-            order = self._order_of(window)
-            rows = np.arange(window.num_samples) if order is None else order
-            for step in steps:
-                first = window.steps * window.batch_size if step == "tail" \
-                    else step * window.batch_size
-                last = window.num_samples if step == "tail" else first + window.batch_size
-                if flags[rows[first:last]].any():
-                    batch = window.tail_batch(True) if step == "tail" else \
-                        window.batch(tf.constant(step))
-                    return (call.stop if step == "tail" else step), batch, precheck
+        flags = self._array_flags(precheck, window)
+        if not flags.any():
             return None
-        # a stream's window: its steps' rows checked in one call, then the tail
-        if call.stop > call.start:
-            rows = tf.nest.map_structure(
-                lambda t: tf.reshape(t[call.start:call.stop], [-1, *t.shape[2:]]),
-                window.batches)
-            flags = precheck.row_flags_of(rows).numpy()
-            if flags.any():
-                step = call.start + int(np.argmax(flags)) // _batch_rows(window)
-                return step, window.batch(tf.constant(step)), precheck
-        if call.tail is not None:
-            batch = window.tail_batch(call.tail)
-            if precheck.row_flags_of(batch).numpy().any():
-                return call.stop, batch, precheck
+        order = self._order_of(window)
+        rows = np.arange(window.num_samples) if order is None else order
+        for step in steps:
+            first = window.steps * window.batch_size if step == "tail" \
+                else step * window.batch_size
+            last = window.num_samples if step == "tail" else first + window.batch_size
+            if flags[rows[first:last]].any():
+                batch = window.tail_batch(True) if step == "tail" else \
+                    window.batch(tf.constant(step))
+                return (call.stop if step == "tail" else step), batch, precheck
         return None
 
     def _array_flags(self, precheck, window):
@@ -456,13 +442,10 @@ class _Prechecks:
 
 
 def _batch_spec(window):
-    """The `tf.TensorSpec`s of a batch of `window`, any number of rows (from the
-    shapes alone: nothing is sliced)."""
-    if isinstance(window, Indexed):
-        return tf.nest.map_structure(
-            lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), window.data)
+    """The `tf.TensorSpec`s of a batch of an `Indexed` window, any number of rows (from
+    the shapes alone: nothing is sliced)."""
     return tf.nest.map_structure(
-        lambda t: tf.TensorSpec([None, *t.shape[2:]], t.dtype), window.batches)
+        lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), window.data)
 
 
 def _keras_would_allow_xla(model):

@@ -164,8 +164,7 @@ def _source(model, x, y, sample_weight, batch_size, steps, shuffle, class_weight
         with model.distribute_strategy.scope():
             return ArraySource(x, y, sample_weight, batch_size, class_weight, what,
                                model.distribute_strategy)
-    return StreamSource(x, y, sample_weight, batch_size, steps, shuffle, class_weight,
-                        per_call or DEFAULT_STEPS_PER_CALL)
+    return StreamSource(x, y, sample_weight, batch_size, steps, shuffle, class_weight, per_call)
 
 
 def _callback_list(model, callbacks, verbose, steps, add_history=False, epochs=1):

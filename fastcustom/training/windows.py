@@ -6,10 +6,11 @@ that pass through `tf.function` as arguments:
 - `Indexed`: arrays on the device, batch `i` the rows `order[i * B:(i + 1) * B]`,
   gathered inside the compiled call when the step reads them (nothing is copied
   per epoch: an epoch's order is `n` indices), or the stored rows `i * B...` when
-  `order` is None; its tail is the rows after the last full batch.
-- `Stacked`: batches stacked on a new leading axis (`[steps, batch, ...]`), as a
-  stream's window arrives, or per-replica values under several replicas; its tail,
-  a smaller last batch, is a tensor of its own.
+  `order` is None, as in a stream's window (its batches' rows, concatenated as they
+  were read); its tail is the rows after the last full batch.
+- `Stacked`: per-replica values under several replicas, batches stacked on a new
+  leading axis (`[steps, batch, ...]`); its tail, a smaller last batch, is a tensor of
+  its own.
 
 Each step sees its batch with the batch axis of unknown static size, as Keras's data
 sets give it (`as_keras_batch`).
