@@ -5,9 +5,9 @@ Everything but the loop is Keras's: the step (`model.train_step`, `test_step`,
 (`keras.callbacks.CallbackList`, with the `History` and progress bar `model.fit`
 adds), the data adapters and their epoch bookkeeping, `validation_split`,
 `class_weight` and `BackupAndRestore`'s resumed epoch. The loop is ours: the data
-sit on the device (or arrive `steps_per_call` batches at a time from a stream, read
-as Keras reads it) and one compiled call runs a whole epoch, or `steps_per_call`
-steps when a callback wants to see batches. Batch hooks run once per call with that
+sit on the device (or arrive a window of batches at a time from a stream, read as
+Keras reads it) and one compiled call runs a whole epoch (or window), or
+`steps_per_call` steps when a callback wants to see batches. Batch hooks run once per call with that
 call's logs and first and last step, as Keras does with `steps_per_execution`;
 `model.stop_training` is honoured at the next call.
 
@@ -145,8 +145,9 @@ def _callback_objects(callbacks):
 
 
 def _steps_per_call(model, steps_per_call, callbacks, kind):
-    """Steps per call: as asked; else None (the epoch), or 32 (or `steps_per_execution`)
-    when a callback has `kind` batch hooks."""
+    """Steps per call: as asked; else 32 (or `steps_per_execution`) when a callback has
+    `kind` batch hooks, or None: a call per epoch of arrays, per window of a stream
+    (`sources.WINDOW_BYTES`)."""
     if steps_per_call is not None:
         return _check_int(steps_per_call, "steps_per_call", 1)
     if any(_has_batch_hooks(cb, kind) for cb in _callback_objects(callbacks)):
