@@ -11,7 +11,9 @@
   and prefetched; parsed from serialized rows, augmented and shuffled), an accelerated
   fit (once its loop is XLA) and a plain one, interleaved in one process with the
   pipeline drained alone in a `tf.function`: the accelerated fit's share of the
-  pipeline's own rate (target >= 80%).
+  pipeline's own rate (target >= 80%). `test_stream_reads_at_the_pipeline_rate`: the
+  fit's reads alone (`read_window`) against the same drain: the rest of an epoch's time
+  is its steps'.
 - `test_peak_memory_on_large_arrays`: the peak resident memory of a process that fits one
   epoch on 2,000,000 x 64 float32 (512 MB) at batch 1024, accelerated and plain
   (target: accelerated <= 1.05x plain).
@@ -35,6 +37,7 @@ import tensorflow as tf
 
 import fastcustom
 from fastcustom.bench.cases import fresh_process_info, spread
+from fastcustom.training.sources import read_window
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NOTES = "notes' model"
@@ -133,6 +136,27 @@ def pipeline(kind):
             .batch(32).prefetch(2))
 
 
+DRAINED = "the pipeline drained in a tf.function"
+
+
+def drained(data):
+    """A maker of `data` drained alone, as fast as a tf.function reads it."""
+    def make():
+        @tf.function
+        def drain(iterator):
+            count = tf.constant(0)
+            for _ in tf.range(10**9):
+                batch = iterator.get_next_as_optional()
+                if not batch.has_value():
+                    break
+                count += 1
+            return count
+
+        return (lambda: drain(iter(data))), "tf"
+
+    return make
+
+
 def until_xla(fit, most=30):
     """`fit()` (a History) until the accelerated loop's training ran as XLA."""
     for _ in range(most):
@@ -156,24 +180,28 @@ def test_stream_at_the_pipeline_rate(interleave, kind):
         model = notes_model()
         return (lambda: model.fit(data, epochs=1, verbose=0)), "tf"
 
-    def drained():
-        @tf.function
-        def drain(iterator):
-            count = tf.constant(0)
-            for _ in tf.range(10**9):
-                batch = iterator.get_next_as_optional()
-                if not batch.has_value():
-                    break
-                count += 1
-            return count
-
-        return (lambda: drain(iter(data))), "tf"
-
     interleave(f"{NOTES} on tf.data ({kind})", None, "batch 32",
                {"accelerated model.fit": accelerated, "model.fit": plain},
                {"keras": "model.fit"}, ours="accelerated model.fit",
-               roofs=[("the pipeline drained in a tf.function", drained, steps)],
+               roofs=[(DRAINED, drained(data), steps)],
                work=steps, unit="steps", rounds=7, iterations=1, targets={"roof": 0.8})
+
+
+def test_stream_reads_at_the_pipeline_rate(interleave):
+    """The accelerated fit's reads alone (`read_window`, the epoch in one window, as a
+    fit without batch hooks reads it), against the same pipeline drained: what is left
+    of an epoch's time is the steps'."""
+    data = pipeline("batched")
+    steps = int(data.cardinality())
+
+    def reads():
+        everything = tf.constant(2**31 - 1)
+        return (lambda: read_window(iter(data), tf.constant(steps), everything, True)), "tf"
+
+    interleave(f"{NOTES} on tf.data (batched): the fit's reads", None, "batch 32",
+               {"read_window": reads}, {}, ours="read_window",
+               roofs=[(DRAINED, drained(data), steps)],
+               work=steps, unit="steps", rounds=7, iterations=1)
 
 
 MEMORY = """
