@@ -235,6 +235,21 @@ def test_streams_train_as_model_fit_does(source, monkeypatch):
     assert got.params["compiled_with"] == "graph"   # ours (not handed back): short, a graph
 
 
+def test_stream_windows_hold_8_mib_or_32_batches_of_strings():
+    """A window without batch hooks: batches up to `WINDOW_BYTES` (a batch larger than that
+    alone), or 32 batches where the element spec does not give the bytes (strings)."""
+    def windows(stream):
+        source = fastcustom.training.sources.StreamSource(stream)
+        return [call.steps for call in source.calls()]
+
+    rows = np.zeros((300, 1024), np.float32)   # 4 KiB a row
+    assert windows(tf.data.Dataset.from_tensor_slices(rows).batch(100)) == [3]
+    huge = np.zeros((3, 1024, 1024), np.float32)  # 4 MiB a row
+    assert windows(tf.data.Dataset.from_tensor_slices(huge).batch(2)) == [1, 1]
+    text = tf.data.Dataset.from_tensor_slices((["a few words"] * 70, np.zeros(70))).batch(1)
+    assert windows(text) == [32, 32, 6]
+
+
 # -- callbacks ---------------------------------------------------------------------------
 class Recorder(keras.callbacks.Callback):
     """Every hook's call, with the batch or epoch, as the model saw it."""

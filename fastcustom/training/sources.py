@@ -266,6 +266,8 @@ def _runs(flat, rows):
 # model's whole epoch of 20,640 rows is 0.7 MB; one batch of 32 RGB images of 224 x 224
 # in float32 is 19 MB, a window of its own.
 WINDOW_BYTES = 8 << 20
+# A window's batches when their bytes are not known from the element spec (strings).
+DEFAULT_BATCHES = 32
 _UNBOUNDED = 2**31 - 1
 
 # Reads a user's tf.data window ahead, while the one before it trains.
@@ -274,7 +276,8 @@ _READER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fastcusto
 
 class StreamSource:
     """A data set, generator or PyDataset read as Keras reads it, a window at a time:
-    `per_call` batches, or (None) batches up to `WINDOW_BYTES`.
+    `per_call` batches, or (None) batches up to `WINDOW_BYTES` (`DEFAULT_BATCHES` of
+    strings, whose bytes the element spec does not give).
 
     `why_not` says why the stream cannot be read in windows (a tensor whose shape past
     the batch axis varies, a sparse or ragged one); the call then goes to Keras.
@@ -298,9 +301,12 @@ class StreamSource:
         self.there = steps_per_epoch is None and int(dataset.cardinality()) >= 0
         self.most_rows = _UNBOUNDED
         if per_call is None and self.why_not is None:
-            row_bytes = sum(math.prod(s.shape[1:]) * s.dtype.size
-                            for s in tf.nest.flatten(self.spec))
-            self.most_rows = max(1, WINDOW_BYTES // max(row_bytes, 1))
+            specs = tf.nest.flatten(self.spec)
+            if all(s.dtype.size for s in specs):
+                row_bytes = sum(math.prod(s.shape[1:]) * s.dtype.size for s in specs)
+                self.most_rows = max(1, WINDOW_BYTES // max(row_bytes, 1))
+            else:   # strings: their bytes are not in the spec
+                self.per_call = DEFAULT_BATCHES
 
     @property
     def steps(self):
