@@ -248,7 +248,7 @@ def _runs(flat, rows):
     `read_window` read (`flat`: its tensors; `rows`: each batch's row count), a smaller
     batch ending the window joining the run before it as its tail. A window's batches
     are one size but for a smaller last one, almost always: one run, the window itself."""
-    first, count, offset = 0, len(rows), 0
+    first, count, offset, total = 0, len(rows), 0, int(rows.sum())
     while first < count:
         size = int(rows[first])
         last = first
@@ -257,8 +257,7 @@ def _runs(flat, rows):
         if last == count - 1 and rows[last] < size:
             last += 1
         end = offset + int(rows[first:last].sum())
-        yield (flat if (offset, end) == (0, int(rows.sum())) else
-               [t[offset:end] for t in flat]), size
+        yield (flat if (offset, end) == (0, total) else [t[offset:end] for t in flat]), size
         first, offset = last, end
 
 
