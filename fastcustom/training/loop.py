@@ -48,7 +48,7 @@ import tensorflow as tf
 from fastcustom.training import checks, keras_internals
 from fastcustom.training.modes import Mode
 from fastcustom.training.sources import Call
-from fastcustom.training.windows import Stacked, as_keras_batch, first_tensor
+from fastcustom.training.windows import Stacked, as_keras_batch, batch_spec, first_tensor
 
 # Two steps per loop iteration when trainable parameters x batch size is at most this,
 # in a fit of at least this many steps.
@@ -396,7 +396,7 @@ class _Prechecks:
         self._order = (None, None)        # (order tensor, as NumPy)
 
     def _precheck(self, window):
-        spec = _batch_spec(window)
+        spec = batch_spec(window.data, None)   # any number of rows
         key = _signature(spec)
         if key not in self._of_spec:
             concrete = self.loops._step("train").get_concrete_function(spec)
@@ -439,13 +439,6 @@ class _Prechecks:
             as_numpy = None if window.order is None else window.order.numpy()
             self._order = (window.order, as_numpy)
         return as_numpy
-
-
-def _batch_spec(window):
-    """The `tf.TensorSpec`s of a batch of an `Indexed` window, any number of rows (from
-    the shapes alone: nothing is sliced)."""
-    return tf.nest.map_structure(
-        lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), window.data)
 
 
 def _keras_would_allow_xla(model):

@@ -176,21 +176,24 @@ def _callback_list(model, callbacks, verbose, steps, add_history=False, epochs=1
                                         epochs=epochs, steps=steps, model=model)
 
 
-def _build(model, batch, compiled=True):
-    """Build the model (and its compiled loss, metrics, optimizer) from a batch, as fit does."""
+def _build(model, source, compiled=True):
+    """Build the model (and its compiled loss, metrics, optimizer) from the first batch of
+    `source` (a `Call` or an `ArraySource`), as fit does: Keras's symbolic build reads
+    only its shapes and dtypes (`first_spec`, so no op runs when all is built); a model
+    never compiled is called on the batch itself."""
     if compiled:
-        keras_internals.symbolic_build(model, batch)
+        keras_internals.symbolic_build(model, source.first_spec())
     elif not model.built:
-        model(keras_internals.unpack_x_y_sample_weight(batch)[0], training=False)
+        model(keras_internals.unpack_x_y_sample_weight(source.first_batch())[0], training=False)
 
 
 # -- running: the epochs ------------------------------------------------------------------
 def _epoch(model, loops_of, kind, source, calls, callbacks, stop_attribute, build=None,
            markers=None):
     """One epoch of `kind` calls with the batch hooks Keras calls per execution: the
-    last call's logs (train, test) or the outputs of each call (predict). `build(batch)`
-    runs before the first call, with its first batch (a stream's model is built from
-    the first batch read, as Keras builds it when its step is traced); `loops_of()`
+    last call's logs (train, test) or the outputs of each call (predict). `build(call)`
+    runs before the first call (a stream's model is built from the first batch read,
+    as Keras builds it when its step is traced); `loops_of()`
     gives the model's compiled loops, once it is built. With `markers`
     (`profiling.StepMarkers`, training) the calls are cut where a profile is taken and
     each step there runs in the profiler's step marker."""
@@ -201,7 +204,7 @@ def _epoch(model, loops_of, kind, source, calls, callbacks, stop_attribute, buil
     with source.catch_stop_iteration():
         for call, step_num in marked:
             if build is not None:
-                build(call.first_batch())
+                build(call)
                 build = None
             loops = loops or loops_of()
             if markers is not None:
@@ -226,12 +229,12 @@ def _epoch(model, loops_of, kind, source, calls, callbacks, stop_attribute, buil
 
 def _builder(model, source, compiled=True):
     """What builds the model for `source`: now for arrays (None returned), else a function
-    of the first batch read."""
-    def build(batch):
-        _build(model, batch, compiled)
+    of the first call read."""
+    def build(first):
+        _build(model, first, compiled)
 
     if isinstance(source, ArraySource):
-        build(source.first_batch())
+        build(source)
         return None
     return build
 

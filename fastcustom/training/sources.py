@@ -34,7 +34,8 @@ import numpy as np
 import tensorflow as tf
 
 from fastcustom.training import keras_internals
-from fastcustom.training.windows import Indexed, Stacked, first_tensor, map_arrays
+from fastcustom.training.windows import (Indexed, Stacked, batch_spec, first_tensor,
+                                         map_arrays)
 
 
 class Call(NamedTuple):
@@ -56,6 +57,14 @@ class Call(NamedTuple):
         if self.stop > self.start:
             return self.window.batch(tf.constant(self.start))
         return self.window.tail_batch(self.tail)
+
+    def first_spec(self):
+        """The `tf.TensorSpec`s of the call's first batch (an `Indexed` window's): its
+        shapes and dtypes, all Keras's symbolic build reads of a batch, with no op run."""
+        window = self.window
+        rows = window.batch_size if self.stop > self.start \
+            else window.num_samples - window.steps * window.batch_size
+        return batch_spec(window.data, rows)
 
 
 def shuffle_rng(seed):
@@ -150,6 +159,10 @@ class ArraySource:
     def first_batch(self):
         """The first batch, to build the model from."""
         return map_arrays(lambda t: t[:self.batch_size], self.data)
+
+    def first_spec(self):
+        """The `tf.TensorSpec`s of the first batch (`Call.first_spec`)."""
+        return batch_spec(self.data, min(self.batch_size, self.num_samples))
 
     def reset(self):
         """Nothing to do: arrays have no epoch hooks."""

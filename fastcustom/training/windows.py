@@ -26,6 +26,16 @@ def map_arrays(fn, data):
     return tf.nest.map_structure(lambda t: None if t is None else fn(t), data)
 
 
+def batch_spec(data, rows):
+    """The `tf.TensorSpec`s of a batch of `rows` rows (None: any number) of the arrays
+    `data`, from their shapes alone.
+
+    >>> batch_spec((tf.zeros([100, 8]), None), 32)
+    (TensorSpec(shape=(32, 8), dtype=tf.float32, name=None), None)
+    """
+    return map_arrays(lambda t: tf.TensorSpec([rows, *t.shape[1:]], t.dtype), data)
+
+
 def first_tensor(data):
     """The first tensor of the nest `data` (of the first replica, for per-replica values)."""
     return next(t for t in tf.nest.flatten(data, expand_composites=True) if t is not None)
