@@ -249,6 +249,27 @@ def test_stream_windows_hold_8_mib_or_32_batches_of_strings():
     text = tf.data.Dataset.from_tensor_slices((["a few words"] * 70, np.zeros(70))).batch(1)
     assert windows(text) == [32, 32, 6]
 
+def test_a_first_batch_spec_is_the_first_batch_keras_would_build_from():
+    """What the model is built from (`first_spec`: shapes and dtypes, no op run) describes
+    the first batch itself: a stream's calls (16 rows, then the last 5 alone), arrays of
+    fewer rows than a batch, and a call of such arrays' tail alone."""
+    def spec_of(batch):
+        return tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), batch)
+
+    x = {"numbers": np.zeros((37, 3), np.float32), "codes": np.zeros((37, 2, 2), np.int32)}
+    y = np.zeros((37,), np.int64)
+    stream = fastcustom.training.sources.StreamSource(
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(16), per_call=2)
+    calls = list(stream.calls())
+    assert [call.steps for call in calls] == [2, 1]
+    arrays = fastcustom.training.sources.ArraySource(x, y, batch_size=64)
+    calls += list(arrays.calls(None, None))
+    assert (calls[-1].stop, calls[-1].tail) == (0, True)    # the tail alone
+    for call in calls:
+        assert call.first_spec() == spec_of(call.first_batch())
+    assert arrays.first_spec() == spec_of(arrays.first_batch())
+    assert tf.nest.flatten(arrays.first_spec())[0].shape[0] == 37
+
 
 # -- callbacks ---------------------------------------------------------------------------
 class Recorder(keras.callbacks.Callback):
