@@ -249,6 +249,7 @@ def test_stream_windows_hold_8_mib_or_32_batches_of_strings():
     text = tf.data.Dataset.from_tensor_slices((["a few words"] * 70, np.zeros(70))).batch(1)
     assert windows(text) == [32, 32, 6]
 
+
 def test_a_first_batch_spec_is_the_first_batch_keras_would_build_from():
     """What the model is built from (`first_spec`: shapes and dtypes, no op run) describes
     the first batch itself: a stream's calls (16 rows, then the last 5 alone), arrays of

@@ -7,9 +7,9 @@ adds), the data adapters and their epoch bookkeeping, `validation_split`,
 `class_weight` and `BackupAndRestore`'s resumed epoch. The loop is ours: the data
 sit on the device (or arrive a window of batches at a time from a stream, read as
 Keras reads it) and one compiled call runs a whole epoch (or window), or
-`steps_per_call` steps when a callback wants to see batches. Batch hooks run once per call with that
-call's logs and first and last step, as Keras does with `steps_per_execution`;
-`model.stop_training` is honoured at the next call.
+`steps_per_call` steps when a callback wants to see batches. Batch hooks run once per
+call with that call's logs and first and last step, as Keras does with
+`steps_per_execution`; `model.stop_training` is honoured at the next call.
 
 Each method first decides whether the loop can run the call (else Keras's own
 method runs it, with a warning saying why, once: eager models, `shuffle="batch"`,

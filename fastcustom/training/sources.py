@@ -61,10 +61,8 @@ class Call(NamedTuple):
     def first_spec(self):
         """The `tf.TensorSpec`s of the call's first batch (an `Indexed` window's): its
         shapes and dtypes, all Keras's symbolic build reads of a batch, with no op run."""
-        window = self.window
-        rows = window.batch_size if self.stop > self.start \
-            else window.num_samples - window.steps * window.batch_size
-        return batch_spec(window.data, rows)
+        rows = self.window.batch_size if self.stop > self.start else self.window.tail_rows
+        return batch_spec(self.window.data, rows)
 
 
 def shuffle_rng(seed):
@@ -362,7 +360,7 @@ class StreamSource:
                     ahead = _READER.submit(self._read, iterator, done)
                 for parts, size in _runs(flat, rows):
                     window = Indexed(tf.nest.pack_sequence_as(self.spec, parts), None, size)
-                    tail = window.num_samples > window.steps * size
+                    tail = window.tail_rows > 0
                     yield Call(window, 0, window.steps, True if tail else None, step)
                     step += window.steps + tail
                 if ended:     # the data ended: Keras's next read fails

@@ -81,10 +81,14 @@ class Indexed(NamedTuple):
         """Full batch `index` (a scalar tensor) as the step reads it."""
         return as_keras_batch(self._rows(index * self.batch_size, self.batch_size))
 
+    @property
+    def tail_rows(self):
+        """The rows after the last full batch (0: none)."""
+        return self.num_samples - self.steps * self.batch_size
+
     def tail_batch(self, tail):
         """The rows after the last full batch (`tail` is True when there are some)."""
-        first = self.steps * self.batch_size
-        return as_keras_batch(self._rows(first, self.num_samples - first))
+        return as_keras_batch(self._rows(self.num_samples - self.tail_rows, self.tail_rows))
 
 
 class Stacked(NamedTuple):
