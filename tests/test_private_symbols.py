@@ -99,9 +99,10 @@ model = keras.Sequential([keras.Input((4,)), fastcustom.MyDense(3, activation="s
                           fastcustom.MyDense(1)])
 model.compile("adam", fastcustom.HuberLoss(2.0), metrics=[fastcustom.HuberMetric(2.0)])
 model.fit(np.ones((8, 4)), np.ones((8, 1)), epochs=1, verbose=0)
-path = os.path.join(tempfile.mkdtemp(), "m.keras")
-model.save(path)
-keras.models.load_model(path)
+with tempfile.TemporaryDirectory() as scratch:
+    path = os.path.join(scratch, "m.keras")
+    model.save(path)
+    keras.models.load_model(path)
 print(json.dumps(sorted(m for m in sys.modules if m.startswith("fastcustom"))))
 """
 
